@@ -1,0 +1,50 @@
+//! Typed errors of the library. The CLI wraps them with `anyhow` context and maps
+//! them to the documented exit codes; library code never exits or prints.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {what}")]
+    Config { what: String },
+    #[error("model: {what}")]
+    Model { what: String },
+    #[error("ONNX Runtime: {what}")]
+    Runtime { what: String },
+    #[error("dataset: {what}")]
+    Dataset { what: String },
+    #[error("checkpoint: {what}")]
+    Checkpoint { what: String },
+    #[error("output: {what}")]
+    Output { what: String },
+    #[error("training: {what}")]
+    Train { what: String },
+    #[error("pipeline: {what}")]
+    Pipeline { what: String },
+    #[error("compare: {what}")]
+    Compare { what: String },
+    #[error("parquet: {0}")]
+    Polars(#[from] polars::error::PolarsError),
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+}

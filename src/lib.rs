@@ -1,0 +1,15 @@
+//! vit-batch: evaluate Vision Transformer image classifiers at scale.
+//!
+//! One module per pipeline stage. Library modules never see CLI flags: the binary
+//! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
+
+pub mod error;
+pub mod vit;
+
+pub use error::{Error, Result};
+
+/// Generated from the official `onnx.proto` by `build.rs`.
+pub mod onnx {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}

@@ -1,0 +1,229 @@
+//! The ViT model configuration, shared by `export`, `train` and `score`.
+//!
+//! [`VitConfig`] mirrors Hugging Face's `config.json` for `ViTForImageClassification`
+//! (and the DeiT / timm variants we read), so a folder written by transformers, optimum
+//! or `vit-batch train` round-trips through serde unchanged. Unknown keys are kept in
+//! `extra` so re-writing a user's config loses nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+fn default_model_type() -> String {
+    "vit".into()
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `config.json` of a Hugging Face ViT checkpoint (field names are HF's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VitConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    /// Class index (as a decimal string, HF's convention) to class name.
+    #[serde(default)]
+    pub id2label: BTreeMap<String, String>,
+    #[serde(default)]
+    pub label2id: BTreeMap<String, serde_json::Value>,
+    /// Every other key of the file, preserved verbatim.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Named architecture sizes for `export --preset` and `train --preset`.
+pub const PRESETS: &[(&str, usize, usize, usize, usize, usize)] = &[
+    // name, image, patch, hidden, layers, heads
+    ("vit-micro", 32, 4, 64, 4, 4),
+    ("vit-digits", 32, 4, 64, 4, 4),
+    ("vit-tiny-patch16-224", 224, 16, 192, 12, 3),
+    ("vit-small-patch16-224", 224, 16, 384, 12, 6),
+    ("vit-base-patch16-224", 224, 16, 768, 12, 12),
+];
+
+impl VitConfig {
+    /// A preset architecture with `num_labels` classes named `LABEL_0..` (HF default).
+    pub fn preset(name: &str, num_labels: usize) -> Result<Self> {
+        let &(_, image, patch, hidden, layers, heads) = PRESETS
+            .iter()
+            .find(|p| p.0 == name)
+            .ok_or_else(|| Error::Config {
+                what: format!(
+                    "unknown preset '{name}'; known presets: {}",
+                    PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+        let labels: Vec<String> = (0..num_labels).map(|i| format!("LABEL_{i}")).collect();
+        let mut cfg = VitConfig {
+            model_type: "vit".into(),
+            architectures: Some(vec!["ViTForImageClassification".into()]),
+            image_size: image,
+            patch_size: patch,
+            num_channels: 3,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-12,
+            qkv_bias: true,
+            id2label: BTreeMap::new(),
+            label2id: BTreeMap::new(),
+            extra: serde_json::Map::new(),
+        };
+        cfg.set_labels(&labels);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Replace the label maps with `labels` (index = class id).
+    pub fn set_labels(&mut self, labels: &[String]) {
+        self.id2label = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect();
+        self.label2id = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), serde_json::Value::from(i)))
+            .collect();
+    }
+
+    /// Class names ordered by id. Fails when ids are not exactly `0..C`.
+    pub fn labels(&self) -> Result<Vec<String>> {
+        labels_from_id2label(&self.id2label)
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.id2label.len()
+    }
+
+    /// Patches per image side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Number of patches (sequence length without the [CLS] token).
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Check the numbers fit together; every message names the fields involved.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Config { what });
+        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+            return bad(format!(
+                "image_size {} is not a positive multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_channels == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
+            return bad("num_channels, intermediate_size and num_hidden_layers must be > 0".into());
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+            return bad(format!(
+                "unsupported hidden_act '{}' (supported: gelu, gelu_new, gelu_pytorch_tanh)",
+                self.hidden_act
+            ));
+        }
+        self.labels()?;
+        Ok(())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            what: format!("{}: {e}", path.display()),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// Class names ordered by id from an `id2label` map with keys "0".."C-1".
+pub fn labels_from_id2label(map: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let mut out = vec![None; map.len()];
+    for (k, v) in map {
+        let i: usize = k.parse().map_err(|_| Error::Config {
+            what: format!("id2label key '{k}' is not a class index"),
+        })?;
+        if i >= out.len() || out[i].is_some() {
+            return Err(Error::Config {
+                what: format!("id2label ids must be exactly 0..{}; found '{k}'", map.len()),
+            });
+        }
+        out[i] = Some(v.clone());
+    }
+    Ok(out.into_iter().map(|v| v.expect("filled")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_round_trip() {
+        for p in PRESETS {
+            let cfg = VitConfig::preset(p.0, 10).unwrap();
+            let back: VitConfig = serde_json::from_str(&cfg.to_json()).unwrap();
+            assert_eq!(cfg, back);
+            assert_eq!(back.labels().unwrap()[3], "LABEL_3");
+        }
+        assert!(VitConfig::preset("nope", 2).is_err());
+    }
+
+    #[test]
+    fn hf_config_keeps_unknown_keys() {
+        let text = r#"{"image_size":224,"patch_size":16,"hidden_size":192,
+            "num_hidden_layers":12,"num_attention_heads":3,"intermediate_size":768,
+            "id2label":{"0":"cat","1":"dog"},"torch_dtype":"float32"}"#;
+        let cfg: VitConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(cfg.labels().unwrap(), vec!["cat", "dog"]);
+        assert_eq!(cfg.layer_norm_eps, 1e-12);
+        assert!(cfg.to_json().contains("torch_dtype"));
+        let mut bad = cfg.clone();
+        bad.hidden_act = "relu".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("relu"));
+    }
+}
