@@ -4,7 +4,15 @@
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
 pub mod error;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+pub mod record;
+pub mod runtime;
+pub mod score;
 pub mod vit;
+pub mod walk;
 
 pub use error::{Error, Result};
 

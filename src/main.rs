@@ -1,7 +1,8 @@
-fn main() {
-    std::process::exit(vit_batch_cli());
-}
+//! The `vit-batch` binary: parse flags, call the library, map errors to exit codes.
+//! All logic lives in the library (`vit_batch::*`); see `cli.rs` for the flags.
 
-fn vit_batch_cli() -> i32 {
-    0
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
 }

@@ -159,7 +159,10 @@ impl VitConfig {
         if self.num_channels == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             return bad("num_channels, intermediate_size and num_hidden_layers must be > 0".into());
         }
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+        if !matches!(
+            self.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
+        ) {
             return bad(format!(
                 "unsupported hidden_act '{}' (supported: gelu, gelu_new, gelu_pytorch_tanh)",
                 self.hidden_act

@@ -1,0 +1,242 @@
+//! Stage 4: run batches through ONNX Runtime.
+//!
+//! One [`Engine`] owns one `ort` session (`Session::run` takes `&mut self`), so the
+//! scoring loop keeps it on its own thread and feeds it ready batches. The model's
+//! input is checked against the preprocessing before any image is read.
+
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            _ => Err(format!("unknown provider '{s}' (cpu or cuda)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub provider: Provider,
+    /// Intra-op threads for ONNX Runtime.
+    pub intra_threads: usize,
+}
+
+/// What the model's graph says about its input and output.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelIo {
+    pub input_name: String,
+    pub output_name: String,
+    /// Fixed batch size, when the model's batch axis is not dynamic.
+    pub fixed_batch: Option<usize>,
+    pub channels: Option<usize>,
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    pub num_classes: Option<usize>,
+    pub producer: Option<String>,
+}
+
+pub struct Engine {
+    session: Session,
+    pub io: ModelIo,
+    pub provider: Provider,
+}
+
+fn dim(d: i64) -> Option<usize> {
+    (d > 0).then_some(d as usize)
+}
+
+impl Engine {
+    pub fn open(onnx: &Path, opts: &EngineOptions) -> Result<Self> {
+        let env = crate::runtime::environment()?;
+        let model_err = |e: String| Error::Model {
+            what: format!("{}: {e}", onnx.display()),
+        };
+        let mut builder = Session::builder(env)
+            .map_err(|e| Error::Runtime {
+                what: e.to_string(),
+            })?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| Error::Runtime {
+                what: e.to_string(),
+            })?
+            .with_intra_threads(opts.intra_threads.max(1))
+            .map_err(|e| Error::Runtime {
+                what: e.to_string(),
+            })?
+            .with_intra_op_spinning(false)
+            .map_err(|e| Error::Runtime {
+                what: e.to_string(),
+            })?;
+        if opts.provider == Provider::Cuda {
+            use ort::ep::ExecutionProvider;
+            let available = ort::ep::CUDA::is_available().unwrap_or(false);
+            if !available {
+                return Err(Error::Runtime {
+                    what: "--provider cuda: this ONNX Runtime library has no CUDA execution provider (it is the CPU build). Install the GPU build with `scripts/setup --gpu` and pass --ort-lib .ort/1.31.1-gpu/libonnxruntime.so.1.31.1".into(),
+                });
+            }
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| Error::Runtime {
+                    what: format!(
+                        "--provider cuda: the CUDA execution provider failed to register: {e}"
+                    ),
+                })?;
+        }
+        let bytes = std::fs::read(onnx).map_err(|e| Error::io(onnx, e))?;
+        let session = builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| model_err(format!("not a loadable ONNX model: {e}")))?;
+        let io = inspect(&session).map_err(model_err)?;
+        Ok(Engine {
+            session,
+            io,
+            provider: opts.provider,
+        })
+    }
+
+    /// Check the model's input against the tensor the preprocessing makes.
+    pub fn check_input(&self, height: u32, width: u32) -> Result<()> {
+        let io = &self.io;
+        let mismatch = |what: &str, m: Option<usize>, p: usize| {
+            match m {
+            Some(m) if m != p => Err(Error::Model {
+                what: format!(
+                    "model input '{}' expects {what} {m}, but the preprocessing produces {p} (check preprocessor_config.json)",
+                    io.input_name
+                ),
+            }),
+            _ => Ok(()),
+        }
+        };
+        mismatch("channels", io.channels, 3)?;
+        mismatch("height", io.height, height as usize)?;
+        mismatch("width", io.width, width as usize)?;
+        Ok(())
+    }
+
+    /// Run `n` images (`input` holds n * 3 * h * w values) and return the logits,
+    /// `n * C` values. A fixed batch axis is honoured by padding.
+    pub fn run(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Vec<f32>, usize)> {
+        let per = 3 * h * w;
+        let run_n = self.io.fixed_batch.unwrap_or(n).max(n);
+        let padded;
+        let data: &[f32] = if run_n > n {
+            let mut v = input[..n * per].to_vec();
+            v.resize(run_n * per, 0.0);
+            padded = v;
+            &padded
+        } else {
+            &input[..n * per]
+        };
+        let tensor = TensorRef::from_array_view(([run_n, 3, h, w], data))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.io.input_name.as_str() => tensor])?;
+        let out = &outputs[self.io.output_name.as_str()];
+        let (shape, values) = out.try_extract_tensor::<f32>()?;
+        if shape.len() != 2 || shape[0] as usize != run_n {
+            return Err(Error::Model {
+                what: format!(
+                    "output '{}' has shape {:?}, expected [batch, classes]",
+                    self.io.output_name,
+                    &shape[..]
+                ),
+            });
+        }
+        let c = shape[1] as usize;
+        Ok((values[..n * c].to_vec(), c))
+    }
+}
+
+fn inspect(session: &Session) -> Result<ModelIo, String> {
+    let inputs = session.inputs();
+    if inputs.len() != 1 {
+        return Err(format!(
+            "expected exactly one input (pixel_values), found {}: {}",
+            inputs.len(),
+            inputs
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let input = &inputs[0];
+    let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+        return Err(format!("input '{}' is not a tensor", input.name()));
+    };
+    if *ty != TensorElementType::Float32 {
+        return Err(format!(
+            "input '{}' has dtype {ty:?}; vit-batch feeds float32 pixel values",
+            input.name()
+        ));
+    }
+    if shape.len() != 4 {
+        return Err(format!(
+            "input '{}' has rank {} (shape {:?}); expected [batch, 3, height, width]",
+            input.name(),
+            shape.len(),
+            &shape[..]
+        ));
+    }
+    let outputs = session.outputs();
+    let output = outputs
+        .iter()
+        .find(|o| o.name() == "logits")
+        .or_else(|| outputs.first())
+        .ok_or("model has no output")?;
+    let num_classes = match output.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            if *ty != TensorElementType::Float32 {
+                return Err(format!(
+                    "output '{}' has dtype {ty:?}; expected float32 logits",
+                    output.name()
+                ));
+            }
+            if shape.len() != 2 {
+                return Err(format!(
+                    "output '{}' has rank {}; expected [batch, classes]",
+                    output.name(),
+                    shape.len()
+                ));
+            }
+            dim(shape[1])
+        }
+        _ => return Err(format!("output '{}' is not a tensor", output.name())),
+    };
+    let producer = session.metadata().ok().and_then(|m| m.producer());
+    Ok(ModelIo {
+        input_name: input.name().to_string(),
+        output_name: output.name().to_string(),
+        fixed_batch: dim(shape[0]),
+        channels: dim(shape[1]),
+        height: dim(shape[2]),
+        width: dim(shape[3]),
+        num_classes,
+        producer,
+    })
+}

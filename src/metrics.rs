@@ -1,0 +1,368 @@
+//! Stage 6: metrics from the prediction rows.
+//!
+//! Everything here is a pure function of the rows (plus the label names), so the
+//! same code serves a live run, `report` (re-reading Parquet), `merge` (shards) and
+//! `--resume`, and they agree by construction. Conventions follow the field:
+//! sklearn's classification_report (precision, recall, F1, support; macro and
+//! weighted averages over the labels present in truth or predictions), a raw and a
+//! row-normalised confusion matrix, and torchmetrics' expected calibration error
+//! (15 equal-width bins, L1).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Row, Status};
+
+pub const ECE_BINS: usize = 15;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    /// Image files found (one row each).
+    pub images: u64,
+    pub ok: u64,
+    pub errors: u64,
+    /// Non-image files skipped by the walk.
+    pub skipped: u64,
+    /// Rows whose class folder matches no model label (scored, not in accuracy).
+    pub unmapped: u64,
+    /// Rows counted in accuracy: ok and mapped.
+    pub evaluated: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassStats {
+    pub id: usize,
+    pub class: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+    /// Images predicted as this class.
+    pub predicted: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Average {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: u64,
+    /// Mean top-1 confidence in the bin (0 when empty).
+    pub confidence: f64,
+    /// Fraction correct in the bin (0 when empty).
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub ece: f64,
+    pub bins: Vec<CalibrationBin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Confusion {
+    /// Model class ids of the rows/columns (labels present in truth or predictions).
+    pub ids: Vec<usize>,
+    pub labels: Vec<String>,
+    /// `matrix[true][pred]` counts.
+    pub matrix: Vec<Vec<u64>>,
+}
+
+impl Confusion {
+    /// Row-normalised matrix: recall per true class (rows with no support are 0).
+    pub fn normalized(&self) -> Vec<Vec<f64>> {
+        self.matrix
+            .iter()
+            .map(|r| {
+                let s: u64 = r.iter().sum();
+                r.iter()
+                    .map(|&v| if s == 0 { 0.0 } else { v as f64 / s as f64 })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub counts: Counts,
+    pub top1: f64,
+    pub topk: f64,
+    pub k: usize,
+    pub per_class: Vec<ClassStats>,
+    pub macro_avg: Average,
+    pub weighted_avg: Average,
+    pub confusion: Confusion,
+    pub calibration: Calibration,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Compute all metrics from `rows`. `labels` are the model's class names by id.
+pub fn compute(rows: &[Row], labels: &[String], k: usize, skipped: u64) -> Metrics {
+    let mut acc = Accumulator::new(k, skipped);
+    for r in rows {
+        acc.add(r);
+    }
+    acc.finish(labels)
+}
+
+/// Streaming form of [`compute`]: memory is O(classes + confusion cells), not rows.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    k: usize,
+    counts: Counts,
+    cells: std::collections::BTreeMap<(usize, usize), u64>,
+    top1: u64,
+    topk: u64,
+    bins: Vec<(u64, f64, u64)>,
+}
+
+impl Accumulator {
+    pub fn new(k: usize, skipped: u64) -> Self {
+        Accumulator {
+            k,
+            counts: Counts {
+                skipped,
+                ..Default::default()
+            },
+            cells: Default::default(),
+            top1: 0,
+            topk: 0,
+            bins: vec![(0, 0.0, 0); ECE_BINS],
+        }
+    }
+
+    pub fn add(&mut self, r: &Row) {
+        let c = &mut self.counts;
+        c.images += 1;
+        match r.status {
+            Status::Ok => c.ok += 1,
+            Status::Error => c.errors += 1,
+        }
+        if r.label_id.is_none() {
+            c.unmapped += 1;
+        }
+        let (Status::Ok, Some(t), Some(p)) = (r.status, r.label_id, r.pred_id) else {
+            return;
+        };
+        c.evaluated += 1;
+        let (t, p) = (t as usize, p as usize);
+        *self.cells.entry((t, p)).or_default() += 1;
+        let right = t == p;
+        self.top1 += right as u64;
+        let in_k = r
+            .topk_ids
+            .as_deref()
+            .map(|ids| ids.iter().take(self.k).any(|&i| i as usize == t))
+            .unwrap_or(right);
+        self.topk += in_k as u64;
+        let conf = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
+        // torchmetrics: bucketize(right=True) - 1, clamped: bin i holds [i/B, (i+1)/B).
+        let b = ((conf * ECE_BINS as f64).floor() as usize).min(ECE_BINS - 1);
+        self.bins[b].0 += 1;
+        self.bins[b].1 += conf;
+        self.bins[b].2 += right as u64;
+    }
+
+    pub fn finish(self, labels: &[String]) -> Metrics {
+        let name = |id: usize| labels.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
+        let present: BTreeSet<usize> = self.cells.keys().flat_map(|&(t, p)| [t, p]).collect();
+        let ids: Vec<usize> = present.into_iter().collect();
+        let pos = |id: usize| ids.binary_search(&id).expect("id collected above");
+        let n = ids.len();
+        let mut matrix = vec![vec![0u64; n]; n];
+        for (&(t, p), &v) in &self.cells {
+            matrix[pos(t)][pos(p)] = v;
+        }
+        let total = self.counts.evaluated;
+        let mut per_class = Vec::with_capacity(n);
+        for (i, &id) in ids.iter().enumerate() {
+            let tp = matrix[i][i];
+            let support: u64 = matrix[i].iter().sum();
+            let predicted: u64 = matrix.iter().map(|r| r[i]).sum();
+            let precision = ratio(tp, predicted);
+            let recall = ratio(tp, support);
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            per_class.push(ClassStats {
+                id,
+                class: name(id),
+                precision,
+                recall,
+                f1,
+                support,
+                predicted,
+            });
+        }
+        let avg = |weighted: bool| {
+            let wsum: f64 = if weighted { total as f64 } else { n as f64 };
+            let w = |c: &ClassStats| if weighted { c.support as f64 } else { 1.0 };
+            let f = |get: fn(&ClassStats) -> f64| {
+                if wsum == 0.0 {
+                    0.0
+                } else {
+                    per_class.iter().map(|c| get(c) * w(c)).sum::<f64>() / wsum
+                }
+            };
+            Average {
+                precision: f(|c| c.precision),
+                recall: f(|c| c.recall),
+                f1: f(|c| c.f1),
+                support: total,
+            }
+        };
+        let bins: Vec<CalibrationBin> = self
+            .bins
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, conf, right))| CalibrationBin {
+                lo: i as f64 / ECE_BINS as f64,
+                hi: (i + 1) as f64 / ECE_BINS as f64,
+                count: c,
+                confidence: if c == 0 { 0.0 } else { conf / c as f64 },
+                accuracy: ratio(right, c),
+            })
+            .collect();
+        let ece = bins
+            .iter()
+            .map(|b| ratio(b.count, total) * (b.accuracy - b.confidence).abs())
+            .sum();
+        Metrics {
+            counts: self.counts,
+            top1: ratio(self.top1, total),
+            topk: ratio(self.topk, total),
+            k: self.k,
+            macro_avg: avg(false),
+            weighted_avg: avg(true),
+            per_class,
+            confusion: Confusion {
+                labels: ids.iter().map(|&id| name(id)).collect(),
+                ids,
+                matrix,
+            },
+            calibration: Calibration { ece, bins },
+        }
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = logits.iter().map(|&x| ((x - m) as f64).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
+/// Indices of the `k` largest values, highest first; ties go to the lower index, so
+/// the order is deterministic.
+pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.truncate(k.min(probs.len()));
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Row;
+    use proptest::prelude::*;
+
+    fn row(t: Option<u32>, p: u32, score: f32) -> Row {
+        Row {
+            path: String::new(),
+            label: String::new(),
+            label_id: t,
+            pred: None,
+            pred_id: Some(p),
+            score: Some(score),
+            topk_ids: Some(vec![p, (p + 1) % 3]),
+            topk_scores: None,
+            correct: t.map(|t| t == p),
+            status: Status::Ok,
+            error: None,
+            warning: None,
+        }
+    }
+
+    #[test]
+    fn hand_checked_example() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // truth a a b b c ; pred a b b b a
+        let rows = vec![
+            row(Some(0), 0, 0.9),
+            row(Some(0), 1, 0.6),
+            row(Some(1), 1, 0.8),
+            row(Some(1), 1, 0.7),
+            row(Some(2), 0, 0.5),
+            row(None, 2, 0.5),
+        ];
+        let m = compute(&rows, &labels, 2, 3);
+        assert_eq!(m.counts.evaluated, 5);
+        assert_eq!(m.counts.unmapped, 1);
+        assert_eq!(m.counts.skipped, 3);
+        assert!((m.top1 - 0.6).abs() < 1e-12);
+        // top-2 adds row 2 (pred b, then c? no: [1,2]) -> truth a not in; row 5 pred a,[0,1] no.
+        assert!((m.topk - 0.6).abs() < 1e-12);
+        assert_eq!(
+            m.confusion.matrix,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
+        let a = &m.per_class[0];
+        assert!((a.precision - 0.5).abs() < 1e-12 && (a.recall - 0.5).abs() < 1e-12);
+        let b = &m.per_class[1];
+        assert!((b.precision - 2.0 / 3.0).abs() < 1e-12 && b.recall == 1.0);
+        assert_eq!(m.per_class[2].f1, 0.0);
+        // ECE by hand: bins 0.9->13, 0.6->9, 0.8->12, 0.7->10, 0.5->7.
+        let ece = (0.1 + 0.6 + 0.2 + 0.3 + 0.5) / 5.0;
+        assert!(
+            (m.calibration.ece - ece).abs() < 1e-6,
+            "{}",
+            m.calibration.ece
+        );
+        assert!((m.macro_avg.f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn topk_ties_are_deterministic() {
+        assert_eq!(top_k(&[0.2, 0.4, 0.4, 0.0], 3), vec![1, 2, 0]);
+        let s = softmax(&[1.0, 1.0]);
+        assert!((s[0] - 0.5).abs() < 1e-7);
+    }
+
+    proptest! {
+        #[test]
+        fn invariants(pairs in proptest::collection::vec((0u32..6, 0u32..6, 0.0f32..1.0), 0..200)) {
+            let labels: Vec<String> = (0..6).map(|i| i.to_string()).collect();
+            let rows: Vec<Row> = pairs.iter().map(|&(t, p, s)| row(Some(t), p, s)).collect();
+            let m = compute(&rows, &labels, 5, 0);
+            let total: u64 = m.confusion.matrix.iter().flatten().sum();
+            prop_assert_eq!(total, rows.len() as u64);
+            prop_assert!((0.0..=1.0).contains(&m.top1) && m.topk >= m.top1);
+            prop_assert!((0.0..=1.0).contains(&m.calibration.ece));
+            let diag: u64 = (0..m.confusion.ids.len()).map(|i| m.confusion.matrix[i][i]).sum();
+            prop_assert_eq!(diag, (m.top1 * rows.len() as f64).round() as u64);
+            for c in &m.per_class {
+                prop_assert!(c.f1 <= c.precision.max(c.recall) + 1e-12);
+            }
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! Stage 2: decode an image file and turn it into the model's input tensor.
+//!
+//! This must reproduce what a user's Hugging Face pipeline feeds the model, or the
+//! accuracy we report is not the model's. [`PreprocessConfig`] mirrors
+//! `preprocessor_config.json` (ViTImageProcessor, DeiT-style crop configs); the steps
+//! follow transformers' order on a uint8 RGB image: EXIF transpose + `convert("RGB")`
+//! (as `transformers.image_utils.load_image`), resize with Pillow's antialiased
+//! convolution filters, optional centre crop, rescale, normalize, CHW f32.
+//! Fidelity against Pillow + transformers is checked by tests on committed reference
+//! tensors (`fixtures/preprocess/`).
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::path::Path;
+
+use fast_image_resize as fir;
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Pillow's resample codes as used by transformers.
+pub const PIL_NEAREST: u32 = 0;
+pub const PIL_BILINEAR: u32 = 2;
+pub const PIL_BICUBIC: u32 = 3;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Pixel limit against decompression bombs (Pillow's MAX_IMAGE_PIXELS * 2, the size at
+/// which Pillow itself refuses an image).
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+/// `size` / `crop_size` of a preprocessor config: `{height, width}` or `{shortest_edge}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    Exact { height: u32, width: u32 },
+    ShortestEdge { shortest_edge: u32 },
+}
+
+fn t() -> bool {
+    true
+}
+fn f() -> bool {
+    false
+}
+fn bilinear() -> u32 {
+    PIL_BILINEAR
+}
+fn rescale() -> f64 {
+    1.0 / 255.0
+}
+fn half() -> Vec<f32> {
+    vec![0.5; 3]
+}
+
+/// `preprocessor_config.json` (fields as transformers writes them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreprocessConfig {
+    #[serde(default = "t")]
+    pub do_resize: bool,
+    pub size: SizeSpec,
+    #[serde(default = "bilinear")]
+    pub resample: u32,
+    #[serde(default = "f")]
+    pub do_center_crop: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_size: Option<SizeSpec>,
+    #[serde(default = "t")]
+    pub do_rescale: bool,
+    #[serde(default = "rescale")]
+    pub rescale_factor: f64,
+    #[serde(default = "t")]
+    pub do_normalize: bool,
+    #[serde(default = "half")]
+    pub image_mean: Vec<f32>,
+    #[serde(default = "half")]
+    pub image_std: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_processor_type: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PreprocessConfig {
+    /// ViTImageProcessor defaults for a square input of `side` pixels (mean/std 0.5).
+    pub fn vit_default(side: u32) -> Self {
+        PreprocessConfig {
+            do_resize: true,
+            size: SizeSpec::Exact {
+                height: side,
+                width: side,
+            },
+            resample: PIL_BILINEAR,
+            do_center_crop: false,
+            crop_size: None,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: half(),
+            image_std: half(),
+            image_processor_type: Some("ViTImageProcessor".into()),
+            extra: Default::default(),
+        }
+    }
+
+    /// What we use for a bare `.onnx` with no config: the model's input size and the
+    /// ImageNet mean/std (recorded as such in the run's metadata).
+    pub fn imagenet_default(height: u32, width: u32) -> Self {
+        let mut c = Self::vit_default(height);
+        c.size = SizeSpec::Exact { height, width };
+        c.image_mean = IMAGENET_MEAN.to_vec();
+        c.image_std = IMAGENET_STD.to_vec();
+        c.image_processor_type = None;
+        c
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
+            what: format!("{}: {e}", path.display()),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Config { what });
+        if self.image_mean.len() != 3 || self.image_std.len() != 3 {
+            return bad("image_mean and image_std must have 3 values (RGB)".into());
+        }
+        if self.image_std.iter().any(|s| *s == 0.0) {
+            return bad("image_std must not contain 0".into());
+        }
+        if !matches!(
+            self.resample,
+            PIL_NEAREST | PIL_BILINEAR | PIL_BICUBIC | 1 | 4 | 5
+        ) {
+            return bad(format!("unsupported resample {}", self.resample));
+        }
+        if self.do_center_crop && self.crop_size.is_none() {
+            return bad("do_center_crop is true but crop_size is missing".into());
+        }
+        if !self.do_resize && !self.do_center_crop {
+            return bad(
+                "with do_resize and do_center_crop both false the input size is unknown".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Height and width of the tensor this config produces.
+    pub fn output_size(&self) -> Result<(u32, u32)> {
+        let spec = if self.do_center_crop {
+            self.crop_size
+        } else {
+            Some(self.size)
+        };
+        match spec {
+            Some(SizeSpec::Exact { height, width }) => Ok((height, width)),
+            _ => Err(Error::Config {
+                what: "the final size must be {height, width} (a shortest_edge resize needs a crop_size)"
+                    .into(),
+            }),
+        }
+    }
+
+    fn filter(&self) -> fir::ResizeAlg {
+        use fir::{FilterType, ResizeAlg};
+        match self.resample {
+            PIL_NEAREST => ResizeAlg::Nearest,
+            PIL_BICUBIC => ResizeAlg::Convolution(FilterType::CatmullRom),
+            1 => ResizeAlg::Convolution(FilterType::Lanczos3),
+            4 => ResizeAlg::Convolution(FilterType::Box),
+            5 => ResizeAlg::Convolution(FilterType::Hamming),
+            _ => ResizeAlg::Convolution(FilterType::Bilinear),
+        }
+    }
+}
+
+/// Target size of a resize step, as transformers computes it.
+fn resize_target(spec: SizeSpec, h: u32, w: u32) -> (u32, u32) {
+    match spec {
+        SizeSpec::Exact { height, width } => (height, width),
+        SizeSpec::ShortestEdge { shortest_edge: s } => {
+            // transformers' get_resize_output_image_size(default_to_square=False):
+            // the short side becomes s, the long side int(s * long / short).
+            let (short, long) = if h <= w { (h, w) } else { (w, h) };
+            let other = ((s as u64 * long as u64) / short.max(1) as u64) as u32;
+            if h <= w {
+                (s, other)
+            } else {
+                (other, s)
+            }
+        }
+    }
+}
+
+/// A decoded image as 8-bit RGB, with what decoding noticed.
+pub struct Decoded {
+    pub rgb: image::RgbImage,
+    /// The format found in the content, if it differs from the file's extension.
+    pub format_mismatch: Option<String>,
+}
+
+/// Decode `bytes` by content (not by extension), refusing images above `max_pixels`
+/// before any large allocation, applying EXIF orientation, converting to RGB.
+pub fn decode(bytes: &[u8], ext: Option<&str>, max_pixels: u64) -> Result<Decoded, String> {
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let Some(format) = reader.format() else {
+        return Err("not a recognised image format (unknown content)".into());
+    };
+    let format_mismatch = ext.and_then(|ext| {
+        let by_ext = image::ImageFormat::from_extension(ext)?;
+        (by_ext != format).then(|| {
+            format!(
+                "content is {} but the extension says {}",
+                format_name(format),
+                format_name(by_ext)
+            )
+        })
+    });
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 26));
+    let mut reader = reader;
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("{} decode error: {e}", format_name(format)))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("image has no pixels ({w}x{h})"));
+    }
+    if (w as u64) * (h as u64) > max_pixels {
+        return Err(format!(
+            "image is {w}x{h} = {} pixels, above the limit of {max_pixels} (--max-pixels); refused as a possible decompression bomb",
+            w as u64 * h as u64
+        ));
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| format!("{} decode error: {e}", format_name(format)))?;
+    img.apply_orientation(orientation);
+    Ok(Decoded {
+        rgb: to_rgb_like_pillow(img),
+        format_mismatch,
+    })
+}
+
+fn format_name(f: image::ImageFormat) -> String {
+    f.extensions_str()
+        .first()
+        .map(|s| s.to_uppercase())
+        .unwrap_or_else(|| format!("{f:?}"))
+}
+
+/// Pillow's `convert("RGB")` after Pillow's own decoding: gray is replicated, alpha
+/// is dropped (not composited onto white), 16-bit RGB keeps the high byte (Pillow
+/// reads such PNGs as 8-bit "RGB"), and 16-bit gray ("I;16") is *clipped* at 255,
+/// not scaled — a Pillow quirk that transformers users get, reproduced on purpose.
+fn to_rgb_like_pillow(img: DynamicImage) -> image::RgbImage {
+    let gray16 = |w: u32, h: u32, px: &mut dyn Iterator<Item = u16>| {
+        let buf: Vec<u8> = px.flat_map(|v| [v.min(255) as u8; 3]).collect();
+        image::RgbImage::from_raw(w, h, buf).expect("sized")
+    };
+    match img {
+        DynamicImage::ImageRgb8(i) => i,
+        DynamicImage::ImageLuma16(i) => {
+            gray16(i.width(), i.height(), &mut i.pixels().map(|p| p.0[0]))
+        }
+        DynamicImage::ImageLumaA16(i) => {
+            gray16(i.width(), i.height(), &mut i.pixels().map(|p| p.0[0]))
+        }
+        DynamicImage::ImageRgb16(i) => {
+            let buf = i.as_raw().iter().map(|v| (v >> 8) as u8).collect();
+            image::RgbImage::from_raw(i.width(), i.height(), buf).expect("sized")
+        }
+        DynamicImage::ImageRgba16(i) => {
+            let buf = i
+                .pixels()
+                .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
+                .map(|v| (v >> 8) as u8)
+                .collect();
+            image::RgbImage::from_raw(i.width(), i.height(), buf).expect("sized")
+        }
+        other => other.to_rgb8(),
+    }
+}
+
+thread_local! {
+    static RESIZER: RefCell<fir::Resizer> = RefCell::new(fir::Resizer::new());
+}
+
+/// Turns decoded images into normalized CHW f32 tensors for one config.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    pub config: PreprocessConfig,
+    pub height: u32,
+    pub width: u32,
+    pub max_pixels: u64,
+}
+
+impl Preprocessor {
+    pub fn new(config: PreprocessConfig) -> Result<Self> {
+        config.validate()?;
+        let (height, width) = config.output_size()?;
+        Ok(Preprocessor {
+            config,
+            height,
+            width,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        })
+    }
+
+    /// Values per image (3 * H * W).
+    pub fn tensor_len(&self) -> usize {
+        3 * self.height as usize * self.width as usize
+    }
+
+    /// Resize + crop in uint8, as transformers does on a PIL image.
+    pub fn geometry(&self, rgb: &image::RgbImage) -> Result<image::RgbImage, String> {
+        let c = &self.config;
+        let mut img = rgb.clone();
+        if c.do_resize {
+            let (th, tw) = resize_target(c.size, img.height(), img.width());
+            if (th, tw) != (img.height(), img.width()) {
+                img = resize(&img, tw, th, c.filter())?;
+            }
+        }
+        if c.do_center_crop {
+            if let Some(SizeSpec::Exact { height, width }) = c.crop_size {
+                img = center_crop(&img, height, width);
+            }
+        }
+        Ok(img)
+    }
+
+    /// Rescale + normalize into `out` (CHW, len 3*H*W).
+    pub fn to_tensor(&self, img: &image::RgbImage, out: &mut [f32]) {
+        let c = &self.config;
+        let plane = (img.width() * img.height()) as usize;
+        // transformers rescales in float64 and casts to float32, then normalizes in
+        // float32 with a true division; a 256-entry table per channel does both exactly.
+        let mut lut = [[0f32; 256]; 3];
+        for (ch, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                let mut x = if c.do_rescale {
+                    (v as f64 * c.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
+                if c.do_normalize {
+                    x = (x - c.image_mean[ch]) / c.image_std[ch];
+                }
+                *out = x;
+            }
+        }
+        for (i, px) in img.pixels().enumerate() {
+            for ch in 0..3 {
+                out[ch * plane + i] = lut[ch][px.0[ch] as usize];
+            }
+        }
+    }
+
+    /// Full path from file bytes to a tensor written into `out`.
+    pub fn process_bytes(
+        &self,
+        bytes: &[u8],
+        ext: Option<&str>,
+        out: &mut [f32],
+    ) -> Result<Option<String>, String> {
+        let d = decode(bytes, ext, self.max_pixels)?;
+        let img = self.geometry(&d.rgb)?;
+        if (img.height(), img.width()) != (self.height, self.width) {
+            return Err(format!(
+                "preprocessing produced {}x{}, the model needs {}x{}",
+                img.height(),
+                img.width(),
+                self.height,
+                self.width
+            ));
+        }
+        self.to_tensor(&img, out);
+        Ok(d.format_mismatch)
+    }
+
+    /// Read and preprocess one file; the error is a message for the error row.
+    pub fn process_file(&self, path: &Path, out: &mut [f32]) -> Result<Option<String>, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
+        let ext = path.extension().and_then(|e| e.to_str());
+        self.process_bytes(&bytes, ext, out)
+    }
+
+    /// Convenience for training and tests: a fresh tensor.
+    pub fn load(&self, path: &Path) -> Result<Vec<f32>, String> {
+        let mut v = vec![0f32; self.tensor_len()];
+        self.process_file(path, &mut v)?;
+        Ok(v)
+    }
+}
+
+fn resize(
+    img: &image::RgbImage,
+    w: u32,
+    h: u32,
+    alg: fir::ResizeAlg,
+) -> Result<image::RgbImage, String> {
+    let src = fir::images::Image::from_vec_u8(
+        img.width(),
+        img.height(),
+        img.as_raw().clone(),
+        fir::PixelType::U8x3,
+    )
+    .map_err(|e| format!("resize: {e}"))?;
+    let mut dst = fir::images::Image::new(w, h, fir::PixelType::U8x3);
+    RESIZER.with(|r| {
+        r.borrow_mut()
+            .resize(&src, &mut dst, &fir::ResizeOptions::new().resize_alg(alg))
+            .map_err(|e| format!("resize: {e}"))
+    })?;
+    image::RgbImage::from_raw(w, h, dst.into_vec()).ok_or_else(|| "resize: bad buffer".to_string())
+}
+
+/// transformers' `center_crop`: top = (h - ch) // 2, left = (w - cw) // 2; pads with
+/// zeros when the image is smaller than the crop.
+fn center_crop(img: &image::RgbImage, ch: u32, cw: u32) -> image::RgbImage {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let top = (h - ch as i64).div_euclid(2);
+    let left = (w - cw as i64).div_euclid(2);
+    image::RgbImage::from_fn(cw, ch, |x, y| {
+        let (sx, sy) = (x as i64 + left, y as i64 + top);
+        if sx >= 0 && sy >= 0 && sx < w && sy < h {
+            *img.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: &DynamicImage) -> Vec<u8> {
+        let mut v = Vec::new();
+        img.write_to(&mut Cursor::new(&mut v), image::ImageFormat::Png)
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn shortest_edge_follows_transformers() {
+        let s = SizeSpec::ShortestEdge { shortest_edge: 256 };
+        assert_eq!(resize_target(s, 375, 500), (256, 341));
+        assert_eq!(resize_target(s, 500, 375), (341, 256));
+    }
+
+    #[test]
+    fn tensor_layout_and_normalization() {
+        let p = Preprocessor::new(PreprocessConfig::vit_default(2)).unwrap();
+        let img = image::RgbImage::from_fn(2, 2, |x, y| {
+            image::Rgb([255, (x * 255) as u8, (y * 255) as u8])
+        });
+        let mut out = vec![0.0; p.tensor_len()];
+        p.process_bytes(&png(&DynamicImage::ImageRgb8(img)), Some("png"), &mut out)
+            .unwrap();
+        // R plane all 1.0, G plane follows x, B plane follows y.
+        assert_eq!(&out[0..4], &[1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(&out[4..8], &[-1.0, 1.0, -1.0, 1.0]);
+        assert_eq!(&out[8..12], &[-1.0, -1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn bad_bytes_are_messages_not_panics() {
+        let p = Preprocessor::new(PreprocessConfig::vit_default(8)).unwrap();
+        let mut out = vec![0.0; p.tensor_len()];
+        assert!(p
+            .process_bytes(b"", Some("png"), &mut out)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(p
+            .process_bytes(b"hello world", Some("png"), &mut out)
+            .is_err());
+        let mut bytes = png(&DynamicImage::new_rgb8(16, 16));
+        bytes.truncate(bytes.len() / 2);
+        assert!(p.process_bytes(&bytes, Some("png"), &mut out).is_err());
+    }
+
+    #[test]
+    fn pixel_limit_and_mismatch() {
+        let mut p = Preprocessor::new(PreprocessConfig::vit_default(4)).unwrap();
+        p.max_pixels = 100;
+        let mut out = vec![0.0; p.tensor_len()];
+        let big = png(&DynamicImage::new_luma8(20, 20));
+        assert!(p
+            .process_bytes(&big, Some("png"), &mut out)
+            .unwrap_err()
+            .contains("limit"));
+        p.max_pixels = DEFAULT_MAX_PIXELS;
+        let note = p.process_bytes(&big, Some("jpg"), &mut out).unwrap();
+        assert!(note.unwrap().contains("content is PNG"));
+    }
+
+    #[test]
+    fn center_crop_matches_transformers_offsets() {
+        let img = image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let c = center_crop(&img, 2, 2);
+        assert_eq!(c.get_pixel(0, 0).0, [1, 1, 0]);
+    }
+}

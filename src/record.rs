@@ -1,0 +1,400 @@
+//! Stage 5: prediction rows and their Parquet files.
+//!
+//! One row per image file found, failures included. Rows are written as the run
+//! goes, in committed *parts* (each its own small Parquet file, written to a temporary
+//! name and renamed), so a killed run loses at most the part in flight and `--resume`
+//! or `merge` can rebuild `predictions.parquet` from parts alone. The final file is
+//! streamed part by part into row groups, never held whole in memory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// One prediction row; the Parquet schema is exactly these fields (see README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Path relative to DATA_DIR (non-UTF-8 bytes escaped as `\xNN`).
+    pub path: String,
+    /// Ground-truth class folder name.
+    pub label: String,
+    /// Model class id of `label`; null when the folder matches no model label.
+    pub label_id: Option<u32>,
+    pub pred: Option<String>,
+    pub pred_id: Option<u32>,
+    /// Top-1 softmax probability.
+    pub score: Option<f32>,
+    pub topk_ids: Option<Vec<u32>>,
+    pub topk_scores: Option<Vec<f32>>,
+    /// `pred_id == label_id`; null for errors and unmapped classes.
+    pub correct: Option<bool>,
+    pub status: Status,
+    /// Why the row failed; null when ok.
+    pub error: Option<String>,
+    /// Something worth knowing about an ok row (e.g. content/extension mismatch).
+    pub warning: Option<String>,
+}
+
+pub const COLUMNS: &[&str] = &[
+    "path",
+    "label",
+    "label_id",
+    "pred",
+    "pred_id",
+    "score",
+    "topk_ids",
+    "topk_scores",
+    "correct",
+    "status",
+    "error",
+    "warning",
+];
+
+/// Rows as a polars DataFrame with the documented schema.
+pub fn to_frame(rows: &[Row]) -> Result<DataFrame> {
+    let s = |name: &str, v: Vec<Option<&str>>| Column::new(name.into(), v);
+    let ids = |name: &str, f: &dyn Fn(&Row) -> Option<u32>| {
+        Column::new(
+            name.into(),
+            rows.iter()
+                .map(|r| f(r).map(|v| v as i64))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let topk_ids: ListChunked = rows
+        .iter()
+        .map(|r| {
+            r.topk_ids
+                .as_ref()
+                .map(|v| Series::new("".into(), v.iter().map(|&x| x as i64).collect::<Vec<_>>()))
+        })
+        .collect();
+    let topk_scores: ListChunked = rows
+        .iter()
+        .map(|r| {
+            r.topk_scores
+                .as_ref()
+                .map(|v| Series::new("".into(), v.as_slice()))
+        })
+        .collect();
+    let cols = vec![
+        s("path", rows.iter().map(|r| Some(r.path.as_str())).collect()),
+        s(
+            "label",
+            rows.iter().map(|r| Some(r.label.as_str())).collect(),
+        ),
+        ids("label_id", &|r| r.label_id),
+        s("pred", rows.iter().map(|r| r.pred.as_deref()).collect()),
+        ids("pred_id", &|r| r.pred_id),
+        Column::new(
+            "score".into(),
+            rows.iter().map(|r| r.score).collect::<Vec<_>>(),
+        ),
+        // Explicit inner types: a part whose rows are all errors must still have the
+        // documented schema (not list<null>).
+        topk_ids
+            .with_name("topk_ids".into())
+            .into_series()
+            .cast(&DataType::List(Box::new(DataType::Int64)))?
+            .into(),
+        topk_scores
+            .with_name("topk_scores".into())
+            .into_series()
+            .cast(&DataType::List(Box::new(DataType::Float32)))?
+            .into(),
+        Column::new(
+            "correct".into(),
+            rows.iter().map(|r| r.correct).collect::<Vec<_>>(),
+        ),
+        s(
+            "status",
+            rows.iter().map(|r| Some(r.status.as_str())).collect(),
+        ),
+        s("error", rows.iter().map(|r| r.error.as_deref()).collect()),
+        s(
+            "warning",
+            rows.iter().map(|r| r.warning.as_deref()).collect(),
+        ),
+    ];
+    Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+fn bad(what: String) -> Error {
+    Error::Output { what }
+}
+
+/// Rows back from a DataFrame with the documented schema.
+pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
+    for c in COLUMNS {
+        if df.column(c).is_err() {
+            return Err(bad(format!("predictions table has no column '{c}'")));
+        }
+    }
+    let strs = |n: &str| -> Result<Vec<Option<String>>> {
+        Ok(df
+            .column(n)?
+            .str()?
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect())
+    };
+    let ints = |n: &str| -> Result<Vec<Option<u32>>> {
+        Ok(df
+            .column(n)?
+            .i64()?
+            .iter()
+            .map(|v| v.map(|x| x as u32))
+            .collect())
+    };
+    let path = strs("path")?;
+    let label = strs("label")?;
+    let label_id = ints("label_id")?;
+    let pred = strs("pred")?;
+    let pred_id = ints("pred_id")?;
+    let score: Vec<Option<f32>> = df.column("score")?.f32()?.iter().collect();
+    let topk_ids: Vec<Option<Vec<u32>>> = df
+        .column("topk_ids")?
+        .list()?
+        .amortized_iter()
+        .map(|s| {
+            s.map(|s| {
+                s.as_ref()
+                    .i64()
+                    .map(|c| c.no_null_iter().map(|x| x as u32).collect())
+            })
+            .transpose()
+        })
+        .collect::<PolarsResult<_>>()?;
+    let topk_scores: Vec<Option<Vec<f32>>> = df
+        .column("topk_scores")?
+        .list()?
+        .amortized_iter()
+        .map(|s| {
+            s.map(|s| s.as_ref().f32().map(|c| c.no_null_iter().collect()))
+                .transpose()
+        })
+        .collect::<PolarsResult<_>>()?;
+    let correct: Vec<Option<bool>> = df.column("correct")?.bool()?.iter().collect();
+    let status = strs("status")?;
+    let error = strs("error")?;
+    let warning = strs("warning")?;
+    let mut rows = Vec::with_capacity(df.height());
+    for i in 0..df.height() {
+        rows.push(Row {
+            path: path[i].clone().ok_or_else(|| bad("null path".into()))?,
+            label: label[i].clone().unwrap_or_default(),
+            label_id: label_id[i],
+            pred: pred[i].clone(),
+            pred_id: pred_id[i],
+            score: score[i],
+            topk_ids: topk_ids[i].clone(),
+            topk_scores: topk_scores[i].clone(),
+            correct: correct[i],
+            status: match status[i].as_deref() {
+                Some("ok") => Status::Ok,
+                Some("error") => Status::Error,
+                other => return Err(bad(format!("unknown status {other:?}"))),
+            },
+            error: error[i].clone(),
+            warning: warning[i].clone(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Write `path` atomically: `write` fills a temporary file in the same folder, which
+/// is then synced and renamed over `path`.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    write(tmp.as_file_mut())?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    atomic_write(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+fn writer(f: &mut File) -> ParquetWriter<&mut File> {
+    // Min/max statistics are off: polars 0.55 writes min/max for some of these
+    // columns in a form its own reader rejects ("max_value of statistics MUST be
+    // plain encoded"). Null counts are kept.
+    let stats = StatisticsOptions {
+        min_value: false,
+        max_value: false,
+        distinct_count: false,
+        null_count: true,
+        ..Default::default()
+    };
+    ParquetWriter::new(f)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(stats)
+}
+
+/// Write rows as one Parquet file, atomically.
+pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut df = to_frame(rows)?;
+    atomic_write(path, |f| {
+        writer(f).finish(&mut df)?;
+        Ok(())
+    })
+}
+
+pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let df = ParquetReader::new(f).finish().map_err(|e| Error::Output {
+        what: format!("{}: {e}", path.display()),
+    })?;
+    from_frame(&df)
+}
+
+/// The committed parts of a run: `parts/part-<start>-<end>.parquet` holds the rows
+/// of dataset entries `start..end` (indices in the run's sorted entry list).
+pub struct Parts {
+    pub dir: PathBuf,
+}
+
+impl Parts {
+    pub fn new(out_dir: &Path) -> Result<Self> {
+        let dir = out_dir.join("parts");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Parts { dir })
+    }
+
+    pub fn path(&self, start: usize, end: usize) -> PathBuf {
+        self.dir.join(format!("part-{start:010}-{end:010}.parquet"))
+    }
+
+    pub fn commit(&self, start: usize, rows: &[Row]) -> Result<()> {
+        write_parquet(&self.path(start, start + rows.len()), rows)
+    }
+
+    /// Committed ranges, sorted by start (temporary files are ignored).
+    pub fn ranges(&self) -> Result<Vec<(usize, usize, PathBuf)>> {
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        for e in rd {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(mid) = name
+                .strip_prefix("part-")
+                .and_then(|n| n.strip_suffix(".parquet"))
+            else {
+                continue;
+            };
+            let Some((a, b)) = mid.split_once('-') else {
+                continue;
+            };
+            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                out.push((a, b, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stream the parts (which must tile `0..total` exactly) into one Parquet file,
+    /// one row group per part, atomically.
+    pub fn merge_into(&self, dest: &Path, total: usize) -> Result<()> {
+        let ranges = self.ranges()?;
+        let mut next = 0;
+        for (a, b, _) in &ranges {
+            if *a != next {
+                return Err(bad(format!(
+                    "parts do not tile the run: expected a part starting at {next}, found {a}..{b}"
+                )));
+            }
+            next = *b;
+        }
+        if next != total {
+            return Err(bad(format!("parts cover {next} of {total} rows")));
+        }
+        write_streamed(dest, ranges.iter().map(|(_, _, p)| read_parquet(p)))
+    }
+}
+
+/// Write a sequence of row batches into one Parquet file (one row group per batch).
+pub fn write_streamed(dest: &Path, batches: impl Iterator<Item = Result<Vec<Row>>>) -> Result<()> {
+    atomic_write(dest, |f| {
+        let schema = to_frame(&[])?.schema().as_ref().clone();
+        let mut w = writer(f).batched(&schema)?;
+        for b in batches {
+            let b = b?;
+            if !b.is_empty() {
+                w.write_batch(&to_frame(&b)?)?;
+            }
+        }
+        w.finish()?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample(i: usize, ok: bool) -> Row {
+        Row {
+            path: format!("c{}/img{i:03}.png", i % 3),
+            label: format!("c{}", i % 3),
+            label_id: if i % 5 == 4 {
+                None
+            } else {
+                Some((i % 3) as u32)
+            },
+            pred: ok.then(|| "c1".to_string()),
+            pred_id: ok.then_some(1),
+            score: ok.then_some(0.5 + i as f32 / 1000.0),
+            topk_ids: ok.then(|| vec![1, 0, 2]),
+            topk_scores: ok.then(|| vec![0.5, 0.3, 0.2]),
+            correct: ok.then_some(i % 3 == 1),
+            status: if ok { Status::Ok } else { Status::Error },
+            error: (!ok).then(|| "truncated \"file\" <b>".to_string()),
+            warning: None,
+        }
+    }
+
+    #[test]
+    fn parquet_round_trip_and_parts_merge() {
+        let t = tempfile::tempdir().unwrap();
+        let rows: Vec<Row> = (0..25).map(|i| sample(i, i % 7 != 3)).collect();
+        let p = t.path().join("p.parquet");
+        write_parquet(&p, &rows).unwrap();
+        assert_eq!(read_parquet(&p).unwrap(), rows);
+        let parts = Parts::new(t.path()).unwrap();
+        parts.commit(10, &rows[10..25]).unwrap();
+        let errs: Vec<Row> = (0..3).map(|i| sample(i, false)).collect();
+        write_parquet(&t.path().join("e.parquet"), &errs).unwrap();
+        assert_eq!(read_parquet(&t.path().join("e.parquet")).unwrap(), errs);
+        parts.commit(0, &rows[0..10]).unwrap();
+        let dest = t.path().join("all.parquet");
+        parts.merge_into(&dest, 25).unwrap();
+        assert_eq!(read_parquet(&dest).unwrap(), rows);
+        assert!(parts.merge_into(&dest, 30).is_err());
+    }
+}
