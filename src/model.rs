@@ -194,11 +194,13 @@ pub fn map_labels(
                 });
             match id {
                 Some(id) => Some((id, "label-map")),
-                None => return Err(Error::Config {
-                    what: format!(
+                None => {
+                    return Err(Error::Config {
+                        what: format!(
                         "--label-map maps folder '{c}' to '{target}', which is not a model label"
                     ),
-                }),
+                    })
+                }
             }
         } else if let Some(&id) = by_name.get(c.as_str()) {
             Some((id, "name"))
