@@ -144,13 +144,18 @@ impl VitConfig {
     /// Check the numbers fit together; every message names the fields involved.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Config { what });
-        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.image_size == 0
+            || !self.image_size.is_multiple_of(self.patch_size)
+        {
             return bad(format!(
                 "image_size {} is not a positive multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -159,7 +164,10 @@ impl VitConfig {
         if self.num_channels == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
             return bad("num_channels, intermediate_size and num_hidden_layers must be > 0".into());
         }
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+        if !matches!(
+            self.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
+        ) {
             return bad(format!(
                 "unsupported hidden_act '{}' (supported: gelu, gelu_new, gelu_pytorch_tanh)",
                 self.hidden_act
