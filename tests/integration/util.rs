@@ -27,7 +27,11 @@ pub fn ort_lib() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = repo().join(".ort/1.31.1/libonnxruntime.so.1.31.1");
-    assert!(p.exists(), "ONNX Runtime missing at {}: run scripts/setup", p.display());
+    assert!(
+        p.exists(),
+        "ONNX Runtime missing at {}: run scripts/setup",
+        p.display()
+    );
     p
 }
 
