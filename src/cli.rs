@@ -30,6 +30,71 @@ struct Cli {
 enum Cmd {
     /// Score a labeled image folder (DATA_DIR/<class>/<image>) with an ONNX ViT.
     Score(ScoreArgs),
+    /// Build a ViT ONNX model folder from a checkpoint or a preset.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Hugging Face checkpoint folder (config.json + model.safetensors): ViT, DeiT or timm.
+    #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+    checkpoint: Option<PathBuf>,
+    /// Preset architecture with random weights (needs --random-init).
+    #[arg(long, requires = "random_init")]
+    preset: Option<String>,
+    /// Initialise the preset's weights randomly (seeded).
+    #[arg(long)]
+    random_init: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1000)]
+    num_labels: usize,
+    /// Output model folder (model.onnx, config.json, preprocessor_config.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 18)]
+    opset: i64,
+    /// Add every layer's attention probabilities as outputs `attentions.{i}`.
+    #[arg(long)]
+    with_attentions: bool,
+    /// Graph variant: fused (ONNX Runtime contrib ops) or standard (portable ONNX).
+    #[arg(long, value_parser = ["standard", "fused"])]
+    variant: Option<String>,
+}
+
+fn export(a: ExportArgs) -> Result<i32> {
+    use vit_batch::export::{ExportOptions, ExportSource, GraphVariant};
+    let source = match (a.checkpoint, a.preset) {
+        (Some(c), _) => ExportSource::Checkpoint(c),
+        (None, Some(name)) => ExportSource::Preset {
+            name,
+            seed: a.seed,
+            num_labels: a.num_labels,
+        },
+        (None, None) => bail!("pass --checkpoint DIR or --preset NAME --random-init"),
+    };
+    let mut o = ExportOptions::new(source, a.out);
+    o.opset = a.opset;
+    o.with_attentions = a.with_attentions;
+    match a.variant.as_deref() {
+        Some("standard") => o.variant = GraphVariant::Standard,
+        Some("fused") => o.variant = GraphVariant::Fused,
+        _ => {}
+    }
+    let s = vit_batch::export::export(&o).context("export failed")?;
+    for w in &s.warnings {
+        eprintln!("vit-batch: warning: {w}");
+    }
+    eprintln!(
+        "vit-batch: exported {} ({} parameters, {} labels, {} graph, opset {}) to {}",
+        s.source,
+        s.num_params,
+        s.num_labels,
+        s.variant.as_str(),
+        s.opset,
+        s.out_dir.display()
+    );
+    Ok(EXIT_OK)
 }
 
 #[derive(Args)]
@@ -172,6 +237,7 @@ pub fn main() -> i32 {
     };
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
+        Cmd::Export(a) => export(a),
     };
     match r {
         Ok(code) => code,

@@ -4,7 +4,7 @@
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
 pub mod error;
-<<<<<<< HEAD
+pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;
@@ -12,9 +12,6 @@ pub mod preprocess;
 pub mod record;
 pub mod runtime;
 pub mod score;
-=======
-pub mod export;
->>>>>>> export
 pub mod vit;
 pub mod walk;
 
