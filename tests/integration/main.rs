@@ -4,4 +4,5 @@
 mod export;
 mod preprocess;
 mod reference_vit;
+mod score;
 mod util;
