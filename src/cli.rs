@@ -32,6 +32,37 @@ enum Cmd {
     Score(ScoreArgs),
     /// Build a ViT ONNX model folder from a checkpoint or a preset.
     Export(ExportArgs),
+    /// Merge shard run folders (scored with --shard K/N) into one run.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Shard run folders, one per shard, in any order.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// Output run folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    overwrite: bool,
+}
+
+fn merge(a: MergeArgs) -> Result<i32> {
+    let o = vit_batch::merge::MergeOptions {
+        shards: a.shards,
+        out: a.out.clone(),
+        overwrite: a.overwrite,
+    };
+    let m = vit_batch::merge::merge(&o).context("merge failed")?;
+    eprintln!(
+        "vit-batch: merged {} shards, {} images, top-1 {:.2}%; wrote {}",
+        m.throughput.shards.len(),
+        m.metrics.counts.images,
+        100.0 * m.metrics.top1,
+        a.out.display()
+    );
+    Ok(EXIT_OK)
 }
 
 #[derive(Args)]
@@ -146,6 +177,9 @@ struct ScoreArgs {
     /// Do not render the report at the end of the run.
     #[arg(long)]
     no_report: bool,
+    /// Commit progress every N rows (what a killed run can lose at most; --resume).
+    #[arg(long, default_value_t = 1024)]
+    checkpoint_rows: usize,
 }
 
 fn parse_shard(s: &str) -> Result<Shard> {
@@ -238,6 +272,7 @@ pub fn main() -> i32 {
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
         Cmd::Export(a) => export(a),
+        Cmd::Merge(a) => merge(a),
     };
     match r {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod export;
 pub mod infer;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

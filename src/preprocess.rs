@@ -226,6 +226,13 @@ pub fn decode(bytes: &[u8], ext: Option<&str>, max_pixels: u64) -> Result<Decode
             )
         })
     });
+    if format == image::ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
+        // zune-jpeg fills missing scans with grey and reports success; Pillow refuses
+        // ("image file is truncated"). A silent half-grey image is worse than an error.
+        return Err(
+            "JPEG decode error: truncated file (no end-of-image marker after the last scan)".into(),
+        );
+    }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 26));
     let mut reader = reader;
@@ -253,6 +260,18 @@ pub fn decode(bytes: &[u8], ext: Option<&str>, max_pixels: u64) -> Result<Decode
         rgb: to_rgb_like_pillow(img),
         format_mismatch,
     })
+}
+
+/// True when no EOI marker (FF D9) follows the last start-of-scan (FF DA). Inside
+/// entropy-coded data 0xFF is always stuffed, so FF D9 there can only be a marker.
+fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    match (last_sos, last_eoi) {
+        (Some(s), Some(e)) => e < s,
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 fn format_name(f: image::ImageFormat) -> String {

@@ -748,7 +748,6 @@ pub fn finalize(
     throughput: Throughput,
     run: RunInfo,
 ) -> Result<MetricsFile> {
-    let mut acc = metrics::Accumulator::new(identity.top_k, skipped);
     let ranges = parts.ranges()?;
     let mut next = 0;
     for (a, b, _) in &ranges {
@@ -764,12 +763,45 @@ pub fn finalize(
             what: format!("committed parts cover {next} of {total} rows"),
         });
     }
+    let batches = ranges.iter().map(|(_, _, p)| record::read_parquet(p));
+    let mf = write_outputs(out, batches, identity, skipped, throughput, run)?;
+    std::fs::remove_dir_all(&parts.dir).map_err(|e| Error::io(&parts.dir, e))?;
+    Ok(mf)
+}
+
+/// The one way a run's outputs are written, shared by `score`, `--resume` and
+/// `merge`: stream row batches (already in final order) into `predictions.parquet`,
+/// computing the metrics in the same pass, then write `metrics.json`.
+pub fn write_outputs(
+    out: &Path,
+    batches: impl Iterator<Item = Result<Vec<Row>>>,
+    identity: &RunIdentity,
+    skipped: u64,
+    throughput: Throughput,
+    run: RunInfo,
+) -> Result<MetricsFile> {
+    let mut acc = metrics::Accumulator::new(identity.top_k, skipped);
+    let mut last: Option<String> = None;
     let acc_ref = &mut acc;
+    let last_ref = &mut last;
     record::write_streamed(
         &out.join("predictions.parquet"),
-        ranges.iter().map(|(_, _, p)| {
-            let rows = record::read_parquet(p)?;
-            rows.iter().for_each(|r| acc_ref.add(r));
+        batches.map(|b| {
+            let rows = b?;
+            for r in &rows {
+                if let Some(prev) = last_ref.as_deref() {
+                    if prev.as_bytes() >= r.path.as_bytes() {
+                        return Err(Error::Output {
+                            what: format!(
+                                "rows out of order or duplicated: '{}' after '{prev}'",
+                                r.path
+                            ),
+                        });
+                    }
+                }
+                *last_ref = Some(r.path.clone());
+                acc_ref.add(r);
+            }
             Ok(rows)
         }),
     )?;
@@ -782,6 +814,5 @@ pub fn finalize(
         &out.join("metrics.json"),
         serde_json::to_string_pretty(&mf)?.as_bytes(),
     )?;
-    std::fs::remove_dir_all(&parts.dir).map_err(|e| Error::io(&parts.dir, e))?;
     Ok(mf)
 }

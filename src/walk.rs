@@ -121,12 +121,16 @@ pub fn walk(root: &Path) -> Result<Dataset> {
                     ds.skipped.push(rel_s);
                     continue;
                 }
+                // A FIFO, socket or device named like an image would block or
+                // mislead a reader: it becomes an error row, never a read.
+                let problem = (!e.file_type().is_file())
+                    .then(|| "not a regular file (FIFO, socket or device)".to_string());
                 ds.entries.push(Entry {
                     class: class_of(&rel),
                     rel: rel_s,
                     path: e.path().to_path_buf(),
                     size: e.metadata().map(|m| m.len()).unwrap_or(0),
-                    problem: None,
+                    problem,
                 });
             }
             Err(err) => handle_walk_error(root, &mut ds, err),

@@ -4,5 +4,7 @@
 mod export;
 mod preprocess;
 mod reference_vit;
+mod reliability;
 mod score;
+mod shard;
 mod util;

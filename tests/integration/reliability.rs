@@ -1,0 +1,512 @@
+//! Bad input, crashes and resume: every file accounted for, nothing lost.
+//! The corpus is built here at test time from real fixture images.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use vit_batch::onnx;
+use vit_batch::record::{read_parquet, Row, Status};
+
+use crate::score::{digit_label_map, micro_model};
+use crate::util::{self, assert_no_panic, run, stderr, tempdir, write};
+
+fn encode(img: &image::DynamicImage, f: image::ImageFormat) -> Vec<u8> {
+    let mut v = Vec::new();
+    img.write_to(&mut Cursor::new(&mut v), f).unwrap();
+    v
+}
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(util::fixtures().join("photos").join(name)).unwrap()
+}
+
+/// A GIF whose header declares 65535x65535 pixels in a few bytes.
+fn gif_bomb() -> Vec<u8> {
+    let mut v = b"GIF89a".to_vec();
+    v.extend([0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00]);
+    v.extend([
+        0x2c, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    ]);
+    v
+}
+
+fn animated_gif() -> Vec<u8> {
+    let mut v = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut v);
+        for c in [[200u8, 10, 10, 255], [10, 10, 200, 255]] {
+            let f = image::Frame::new(image::RgbaImage::from_pixel(16, 16, image::Rgba(c)));
+            enc.encode_frame(f).unwrap();
+        }
+    }
+    v
+}
+
+/// Build the corpus; returns (root, expected: rel path -> Some(error needle) | None for ok).
+fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, Option<&'static str>>) {
+    let root = dir.join("data");
+    let mut exp = BTreeMap::new();
+    let mut put = |rel: &str, bytes: &[u8], expect: Option<&'static str>| {
+        write(&root.join(rel), bytes);
+        exp.insert(rel.to_string(), expect);
+    };
+    let png = photo("coffee_palette.png");
+    let jpg = photo("coffee_500x375.jpg");
+    let rgb = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([x as u8 * 6, y as u8 * 8, 90])
+    }));
+    for ext in ["png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff"] {
+        put(&format!("0/zero.{ext}"), b"", Some("empty file"));
+    }
+    put(
+        "0/truncated.png",
+        &png[..png.len() / 2],
+        Some("decode error"),
+    );
+    put(
+        "0/truncated.jpg",
+        &jpg[..jpg.len() / 3],
+        Some("decode error"),
+    );
+    let mut corrupt = png.clone();
+    for b in corrupt.iter_mut().skip(40).take(400) {
+        *b ^= 0x5a;
+    }
+    put("0/corrupt.png", &corrupt, Some("decode error"));
+    put(
+        "0/garbage.webp",
+        b"RIFF\x10\x00\x00\x00WEBPVP8 garbage garbage",
+        Some("decode error"),
+    );
+    put(
+        "0/random.bmp",
+        &[0x42, 0x4d, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        Some("error"),
+    );
+    put(
+        "0/text.tiff",
+        b"just some text pretending",
+        Some("not a recognised image format"),
+    );
+    put("0/bomb.gif", &gif_bomb(), Some("decompression bomb"));
+    // Valid but unusual.
+    put(
+        "1/png-named.jpg",
+        &encode(&rgb, image::ImageFormat::Png),
+        None,
+    );
+    put(
+        "1/gray.png",
+        &encode(
+            &image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(
+                20,
+                20,
+                image::Luma([77]),
+            )),
+            image::ImageFormat::Png,
+        ),
+        None,
+    );
+    put(
+        "1/gray-alpha.png",
+        &encode(
+            &image::DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(
+                9,
+                7,
+                image::LumaA([77, 30]),
+            )),
+            image::ImageFormat::Png,
+        ),
+        None,
+    );
+    put("1/palette.png", &png, None);
+    put("1/rgba.png", &photo("chelsea_rgba.png"), None);
+    put("1/cmyk.jpg", &photo("astronaut_cmyk.jpg"), None);
+    put("1/gray16.png", &photo("camera_gray16.png"), None);
+    put(
+        "1/progressive.jpg",
+        &photo("astronaut_progressive.jpg"),
+        None,
+    );
+    put("1/exif6.jpg", &photo("rocket_exif6.jpg"), None);
+    put("1/animated.gif", &animated_gif(), None);
+    put(
+        "1/one.png",
+        &encode(
+            &image::DynamicImage::new_rgb8(1, 1),
+            image::ImageFormat::Png,
+        ),
+        None,
+    );
+    put(
+        "1/wide.png",
+        &encode(
+            &image::DynamicImage::new_rgb8(12000, 2),
+            image::ImageFormat::Png,
+        ),
+        None,
+    );
+    put("1/rgb.bmp", &encode(&rgb, image::ImageFormat::Bmp), None);
+    put("1/rgb.tiff", &encode(&rgb, image::ImageFormat::Tiff), None);
+    put("1/rgb.webp", &encode(&rgb, image::ImageFormat::WebP), None);
+    put("1/UPPER.JPEG", &jpg, None);
+    let deep: String = (0..40).map(|i| format!("d{i}/")).collect();
+    put(&format!("2/{deep}deep.png"), &png, None);
+    put("2/<script>alert(1)</script>.png", &png, None);
+    // File system trouble.
+    std::os::unix::fs::symlink(root.join("nowhere.png"), root.join("2/dangling.png")).unwrap();
+    exp.insert("2/dangling.png".into(), Some("dangling symbolic link"));
+    std::os::unix::fs::symlink(root.join("2"), root.join("2/loop")).unwrap();
+    let fifo = root.join("2/fifo.png");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    exp.insert("2/fifo.png".into(), Some("not a regular file"));
+    let bad_name = root.join(std::ffi::OsStr::from_bytes(b"2/caf\xE9.png"));
+    std::fs::write(&bad_name, &png).unwrap();
+    exp.insert("2/caf\\xE9.png".into(), None);
+    std::fs::create_dir_all(root.join("3")).unwrap();
+    write(&root.join("2/notes.txt"), b"skipped");
+    (root, exp)
+}
+
+#[test]
+fn every_bad_file_is_an_error_row_and_every_good_one_scores() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let (root, expected) = corpus(t.path());
+    let out = t.path().join("run");
+    let o = run(&[
+        "score",
+        root.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--label-map",
+        lm.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("symbolic link loop"), "{e}");
+    assert!(e.contains("class folder '3' holds no image"), "{e}");
+    let rows = read_parquet(&out.join("predictions.parquet")).unwrap();
+    let got: BTreeMap<&str, &Row> = rows.iter().map(|r| (r.path.as_str(), r)).collect();
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        expected.keys().map(String::as_str).collect::<Vec<_>>(),
+        "one row per image file"
+    );
+    let mut handled = 0;
+    for (path, want) in &expected {
+        let r = got[path.as_str()];
+        match want {
+            Some(needle) => {
+                assert_eq!(r.status, Status::Error, "{path} should fail");
+                let msg = r.error.as_deref().unwrap();
+                assert!(
+                    msg.contains(needle),
+                    "{path}: expected '{needle}' in '{msg}'"
+                );
+                assert!(r.pred.is_none() && r.correct.is_none());
+            }
+            None => {
+                assert_eq!(r.status, Status::Ok, "{path}: {:?}", r.error);
+                assert!(r.score.unwrap().is_finite());
+            }
+        }
+        handled += 1;
+    }
+    assert!(got["1/png-named.jpg"]
+        .warning
+        .as_deref()
+        .unwrap()
+        .contains("content is PNG but the extension says JPG"));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let errors = expected.values().filter(|v| v.is_some()).count();
+    assert_eq!(m["counts"]["images"], expected.len());
+    assert_eq!(m["counts"]["errors"], errors);
+    assert_eq!(m["counts"]["skipped"], 1);
+    eprintln!("reliability corpus: {} cases tried, {handled} handled as expected, {errors} error rows, 0 lost", expected.len());
+}
+
+#[test]
+fn an_empty_dataset_is_a_clear_error() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    std::fs::create_dir_all(t.path().join("empty/a")).unwrap();
+    let o = run(&[
+        "score",
+        t.path().join("empty").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        t.path().join("o").to_str().unwrap(),
+    ]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no image found"), "{}", stderr(&o));
+}
+
+fn dim(v: i64) -> onnx::tensor_shape_proto::Dimension {
+    onnx::tensor_shape_proto::Dimension {
+        value: Some(if v < 0 {
+            onnx::tensor_shape_proto::dimension::Value::DimParam("batch".into())
+        } else {
+            onnx::tensor_shape_proto::dimension::Value::DimValue(v)
+        }),
+        denotation: None,
+    }
+}
+
+fn vi(name: &str, elem: onnx::tensor_proto::DataType, dims: &[i64]) -> onnx::ValueInfoProto {
+    onnx::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: Some(elem as i32),
+                    shape: Some(onnx::TensorShapeProto {
+                        dim: dims.iter().map(|&d| dim(d)).collect(),
+                    }),
+                },
+            )),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A one-node (Identity) model with the given input type: a real ONNX file ORT loads.
+fn identity_model(path: &Path, elem: onnx::tensor_proto::DataType, dims: &[i64]) {
+    let m = onnx::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![onnx::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(18),
+        }],
+        graph: Some(onnx::GraphProto {
+            name: Some("g".into()),
+            node: vec![onnx::NodeProto {
+                op_type: Some("Identity".into()),
+                input: vec!["pixel_values".into()],
+                output: vec!["logits".into()],
+                ..Default::default()
+            }],
+            input: vec![vi("pixel_values", elem, dims)],
+            output: vec![vi("logits", elem, dims)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    write(path, &m.encode_to_vec());
+}
+
+#[test]
+fn bad_models_fail_fast_before_reading_images() {
+    use onnx::tensor_proto::DataType;
+    let t = tempdir();
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    let out = t.path().join("o");
+    let rank2 = t.path().join("rank2.onnx");
+    identity_model(&rank2, DataType::Float, &[-1, 3072]);
+    let f64m = t.path().join("double.onnx");
+    identity_model(&f64m, DataType::Double, &[-1, 3, 32, 32]);
+    // A 32x32 model whose preprocessor_config.json asks for 48x48.
+    let model = micro_model(t.path());
+    let pp = model.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&pp).unwrap().replace("32", "48");
+    std::fs::write(&pp, text).unwrap();
+    for (m, needle) in [
+        (rank2.to_str().unwrap(), "rank 2"),
+        (f64m.to_str().unwrap(), "dtype"),
+        (model.to_str().unwrap(), "the preprocessing produces 48"),
+    ] {
+        let o = run(&[
+            "score",
+            data.to_str().unwrap(),
+            "--model",
+            m,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{m}");
+        assert!(
+            stderr(&o).contains(needle),
+            "{m}: expected '{needle}': {}",
+            stderr(&o)
+        );
+        assert!(!out.join("predictions.parquet").exists());
+    }
+}
+
+#[test]
+fn non_finite_logits_are_flagged_per_row() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let path = model.join("model.onnx");
+    let mut m = onnx::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let init = g
+        .initializer
+        .iter_mut()
+        .find(|i| i.name.as_deref() == Some("logits.bias"))
+        .expect("classifier bias initializer (logits.bias)");
+    let n = init.dims.iter().product::<i64>() as usize;
+    init.float_data.clear();
+    init.raw_data = Some(
+        std::iter::repeat_n(f32::NAN.to_le_bytes(), n)
+            .flatten()
+            .collect(),
+    );
+    write(&path, &m.encode_to_vec());
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    let out = t.path().join("o");
+    let o = run(&[
+        "score",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--label-map",
+        lm.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = read_parquet(&out.join("predictions.parquet")).unwrap();
+    let decoded: Vec<&Row> = rows.iter().filter(|r| r.path != "1/broken.png").collect();
+    assert!(!decoded.is_empty());
+    for r in decoded {
+        assert_eq!(r.status, Status::Error);
+        assert!(
+            r.error.as_deref().unwrap().contains("non-finite logits"),
+            "{:?}",
+            r.error
+        );
+    }
+}
+
+#[test]
+fn kill_9_then_resume_equals_an_uninterrupted_run() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    // A few thousand small real images: the digits, twice over.
+    let root = t.path().join("data");
+    for split in ["train", "test"] {
+        for c in 0..10 {
+            let dir = util::fixtures().join(format!("digits/{split}/{c}"));
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_str().unwrap().to_string();
+                let bytes = std::fs::read(&p).unwrap();
+                write(&root.join(format!("{c}/{split}-{name}")), &bytes);
+                write(&root.join(format!("{c}/copy-{split}-{name}")), &bytes);
+            }
+        }
+    }
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "score",
+            root.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--label-map",
+            lm.to_str().unwrap(),
+            "--quiet",
+            "--batch-size",
+            "8",
+            "--checkpoint-rows",
+            "200",
+            "--threads",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = t.path().join("full");
+    assert_eq!(
+        util::bin().args(args(&full)).status().unwrap().code(),
+        Some(0)
+    );
+
+    let killed = t.path().join("killed");
+    let mut child = util::bin().args(args(&killed)).spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        let parts = std::fs::read_dir(killed.join("parts"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if parts >= 3 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join("predictions.parquet").exists(),
+        "run finished before it could be killed"
+    );
+    assert!(!killed.join("metrics.json").exists());
+    // A half-written temporary may exist; it is never taken for a part.
+    let mut again = args(&killed);
+    again.push("--resume".into());
+    let o = util::bin().args(&again).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let a = read_parquet(&full.join("predictions.parquet")).unwrap();
+    let b = read_parquet(&killed.join("predictions.parquet")).unwrap();
+    assert_eq!(a.len(), 3594);
+    assert_eq!(a, b, "resumed rows differ from the uninterrupted run");
+    let ma: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("metrics.json")).unwrap()).unwrap();
+    let mb: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("metrics.json")).unwrap()).unwrap();
+    for key in ["counts", "top1", "per_class", "confusion", "calibration"] {
+        assert_eq!(ma[key], mb[key], "{key}");
+    }
+    assert!(
+        (mb["throughput"]["scored"].as_u64().unwrap()) < 3594,
+        "resume rescored everything"
+    );
+
+    // Resuming with another model is refused.
+    let other = t.path().join("other");
+    assert!(util::run(&[
+        "export",
+        "--preset",
+        "vit-micro",
+        "--random-init",
+        "--seed",
+        "9",
+        "--num-labels",
+        "10",
+        "--out",
+        other.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let mut bad = args(&killed);
+    bad[3] = other.display().to_string();
+    bad.push("--resume".into());
+    let o = util::bin().args(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--resume refused") && stderr(&o).contains("model"),
+        "{}",
+        stderr(&o)
+    );
+}
