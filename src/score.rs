@@ -390,9 +390,12 @@ struct Batch {
     items: Vec<std::result::Result<(usize, Option<String>), String>>,
 }
 
+/// One image's tensor and warning, or its error message.
+type Prepped = std::result::Result<(Vec<f32>, Option<String>), String>;
+
 fn preprocess_batch(pre: &Preprocessor, entries: &[Entry], start: usize) -> Batch {
     let per = pre.tensor_len();
-    let results: Vec<std::result::Result<(Vec<f32>, Option<String>), String>> = entries
+    let results: Vec<Prepped> = entries
         .par_iter()
         .map(|e| {
             if let Some(p) = &e.problem {
