@@ -4,6 +4,7 @@
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
 pub mod error;
+pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;
