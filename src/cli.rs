@@ -32,6 +32,8 @@ enum Cmd {
     Score(ScoreArgs),
     /// Build a ViT ONNX model folder from a checkpoint or a preset.
     Export(ExportArgs),
+    /// Train a ViT preset on an ImageFolder dataset (CPU) and write an HF checkpoint.
+    Train(TrainArgs),
     /// Merge shard run folders (scored with --shard K/N) into one run.
     Merge(MergeArgs),
 }
@@ -89,8 +91,11 @@ struct ExportArgs {
     #[arg(long)]
     with_attentions: bool,
     /// Graph variant: fused (ONNX Runtime contrib ops) or standard (portable ONNX).
+    /// Default: the variant measured fastest (see BENCHMARKS.md).
     #[arg(long, value_parser = ["standard", "fused"])]
     variant: Option<String>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn export(a: ExportArgs) -> Result<i32> {
@@ -113,18 +118,20 @@ fn export(a: ExportArgs) -> Result<i32> {
         _ => {}
     }
     let s = vit_batch::export::export(&o).context("export failed")?;
-    for w in &s.warnings {
-        eprintln!("vit-batch: warning: {w}");
+    if !a.quiet {
+        for w in &s.warnings {
+            eprintln!("vit-batch: warning: {w}");
+        }
+        eprintln!(
+            "vit-batch: exported {} ({} parameters, {} labels, {} graph, opset {}) to {}",
+            s.source,
+            s.num_params,
+            s.num_labels,
+            s.variant.as_str(),
+            s.opset,
+            s.out_dir.display()
+        );
     }
-    eprintln!(
-        "vit-batch: exported {} ({} parameters, {} labels, {} graph, opset {}) to {}",
-        s.source,
-        s.num_params,
-        s.num_labels,
-        s.variant.as_str(),
-        s.opset,
-        s.out_dir.display()
-    );
     Ok(EXIT_OK)
 }
 
@@ -260,6 +267,96 @@ fn score(a: ScoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+// ---- train (owner: train) ------------------------------------------------------
+
+#[derive(Args)]
+struct TrainArgs {
+    /// ImageFolder dataset: DATA_DIR/<class>/.../<image>.
+    data_dir: PathBuf,
+    /// Architecture preset (e.g. vit-digits).
+    #[arg(long)]
+    preset: String,
+    /// Checkpoint folder to write (config.json, model.safetensors, preprocessor_config.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (linear warm-up, then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Warm-up as a fraction of all steps.
+    #[arg(long, default_value_t = 0.1)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Hold out this fraction of each class for validation (0 = none).
+    #[arg(long, default_value_t = 0.1, conflicts_with = "val")]
+    val_split: f64,
+    /// Validation ImageFolder instead of a split of DATA_DIR.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Use only the first N images of each class (e.g. a short CI run).
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Random shifts of up to N input pixels during training (0 = no augmentation).
+    #[arg(long, default_value_t = 0)]
+    augment_shift: usize,
+    /// CPU threads (default: RAYON_NUM_THREADS, else the physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn train(a: TrainArgs) -> Result<i32> {
+    use vit_batch::train::{TrainOptions, TrainProgress, ValSplit};
+    let mut o = TrainOptions::new(a.data_dir, a.preset, a.out);
+    o.epochs = a.epochs;
+    o.batch_size = a.batch_size;
+    o.lr = a.lr;
+    o.weight_decay = a.weight_decay;
+    o.warmup_fraction = a.warmup;
+    o.seed = a.seed;
+    o.val = match a.val {
+        Some(d) => ValSplit::Dir(d),
+        None => ValSplit::Fraction(a.val_split),
+    };
+    o.limit_per_class = a.limit_per_class;
+    o.augment_shift = a.augment_shift;
+    o.threads = a.threads;
+    o.progress = if a.quiet {
+        TrainProgress::Quiet
+    } else {
+        TrainProgress::Auto
+    };
+    let s = vit_batch::train::train(&o).context("train failed")?;
+    if !a.quiet {
+        let acc = s
+            .final_val_accuracy()
+            .map(|v| format!("val acc {:.2}%", 100.0 * v))
+            .unwrap_or_else(|| "no validation set".into());
+        eprintln!(
+            "vit-batch: trained {} on {} images ({} classes, {} unreadable) in {:.1}s; final loss {:.4}, {}; wrote {}",
+            s.preset,
+            s.num_train,
+            s.classes.len(),
+            s.unreadable.len(),
+            s.wall_s,
+            s.epochs.last().map(|e| e.train_loss).unwrap_or(f64::NAN),
+            acc,
+            s.out_dir.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+// ---- end train / export ------------------------------------------------------------
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -273,6 +370,7 @@ pub fn main() -> i32 {
         Cmd::Score(a) => score(a),
         Cmd::Export(a) => export(a),
         Cmd::Merge(a) => merge(a),
+        Cmd::Train(a) => train(a),
     };
     match r {
         Ok(code) => code,
