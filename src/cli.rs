@@ -30,6 +30,8 @@ struct Cli {
 enum Cmd {
     /// Score a labeled image folder (DATA_DIR/<class>/<image>) with an ONNX ViT.
     Score(ScoreArgs),
+    /// Regression gate: compare a candidate run with a baseline run (exit 1 on regression).
+    Compare(CompareArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +163,100 @@ fn score(a: ScoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+// ---- compare ------------------------------------------------------------------
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Baseline run folder (written by `vit-batch score`).
+    baseline_run: PathBuf,
+    /// Candidate run folder.
+    candidate_run: PathBuf,
+    /// Largest allowed top-1 accuracy drop, in percentage points.
+    #[arg(long = "max-accuracy-drop", value_name = "PP", default_value_t = vit_batch::compare::DEFAULT_MAX_ACCURACY_DROP_PP)]
+    max_accuracy_drop: f64,
+    /// Largest allowed per-class recall drop, in percentage points.
+    #[arg(long = "max-class-recall-drop", value_name = "PP", default_value_t = vit_batch::compare::DEFAULT_MAX_CLASS_RECALL_DROP_PP)]
+    max_class_recall_drop: f64,
+    /// Classes with fewer compared images are not gated on recall.
+    #[arg(long, value_name = "N", default_value_t = vit_batch::compare::DEFAULT_MIN_CLASS_SUPPORT)]
+    min_class_support: u64,
+    /// Significance level of McNemar's exact test.
+    #[arg(long, value_name = "A", default_value_t = vit_batch::compare::DEFAULT_ALPHA)]
+    alpha: f64,
+    /// Enable the throughput gate: largest allowed images/s drop, in percent.
+    #[arg(long = "max-throughput-drop", value_name = "PCT")]
+    max_throughput_drop: Option<f64>,
+    /// Compare only the images common to both runs (else differing image sets are an error).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Write JUnit XML (one testcase per gate).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write a Markdown summary (e.g. for $GITHUB_STEP_SUMMARY).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// The compare outputs a caller asked for.
+pub struct CompareOutputs<'a> {
+    pub junit: Option<&'a std::path::Path>,
+    pub markdown: Option<&'a std::path::Path>,
+    pub json: Option<&'a std::path::Path>,
+}
+
+/// Write the requested files, print the verdict, and give the exit code.
+pub fn finish_compare(r: &vit_batch::compare::CompareReport, out: &CompareOutputs) -> Result<i32> {
+    if let Some(p) = out.json {
+        r.write_json(p).context("writing the JSON report")?;
+    }
+    if let Some(p) = out.markdown {
+        r.write_markdown(p).context("writing the Markdown summary")?;
+    }
+    if let Some(p) = out.junit {
+        r.write_junit(p).context("writing the JUnit XML")?;
+    }
+    println!("vit-batch compare: {}", r.one_line());
+    for g in &r.gates {
+        println!("  {:<12} {:<7} {}", g.name, g.verdict.as_str(), g.observed);
+    }
+    let shown = 10;
+    for f in r.regressions.iter().take(shown) {
+        println!(
+            "  right->wrong {} (label {}): {} -> {}",
+            f.path,
+            f.label,
+            f.baseline_pred.as_deref().unwrap_or("error"),
+            f.candidate_pred.as_deref().unwrap_or("error")
+        );
+    }
+    if r.regressions.len() > shown {
+        println!("  ... and {} more right->wrong", r.regressions.len() - shown);
+    }
+    Ok(if r.passed() { EXIT_OK } else { EXIT_REGRESSION })
+}
+
+fn compare(a: CompareArgs) -> Result<i32> {
+    let mut o = vit_batch::compare::CompareOptions::new(a.baseline_run, a.candidate_run);
+    o.max_accuracy_drop_pp = a.max_accuracy_drop;
+    o.max_class_recall_drop_pp = a.max_class_recall_drop;
+    o.min_class_support = a.min_class_support;
+    o.alpha = a.alpha;
+    o.max_throughput_drop_pct = a.max_throughput_drop;
+    o.allow_partial = a.allow_partial;
+    let r = vit_batch::compare::compare(&o).context("compare failed")?;
+    finish_compare(
+        &r,
+        &CompareOutputs {
+            junit: a.junit.as_deref(),
+            markdown: a.markdown.as_deref(),
+            json: a.json.as_deref(),
+        },
+    )
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -172,6 +268,7 @@ pub fn main() -> i32 {
     };
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
+        Cmd::Compare(a) => compare(a),
     };
     match r {
         Ok(code) => code,

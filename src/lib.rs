@@ -3,6 +3,7 @@
 //! One module per pipeline stage. Library modules never see CLI flags: the binary
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
+pub mod compare;
 pub mod error;
 pub mod infer;
 pub mod metrics;
