@@ -22,6 +22,14 @@ pub enum Error {
     Dataset { what: String },
     #[error("checkpoint: {what}")]
     Checkpoint { what: String },
+    #[error("checkpoint: tensor '{name}' is missing")]
+    MissingTensor { name: String },
+    #[error("checkpoint: tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("output: {what}")]
     Output { what: String },
     #[error("training: {what}")]

@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;

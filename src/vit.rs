@@ -144,13 +144,18 @@ impl VitConfig {
     /// Check the numbers fit together; every message names the fields involved.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Config { what });
-        if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.image_size == 0
+            || !self.image_size.is_multiple_of(self.patch_size)
+        {
             return bad(format!(
                 "image_size {} is not a positive multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

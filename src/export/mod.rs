@@ -1,0 +1,327 @@
+//! `vit-batch export`: write a ViT classifier as an ONNX model folder.
+//!
+//! Why it exists: scoring runs ONNX Runtime on `model.onnx`; this module produces that
+//! file, plus `config.json` and `preprocessor_config.json`, from a checkpoint folder
+//! (HF ViT / DeiT / timm, or what `vit-batch train` writes) or from a seeded random
+//! init of a preset. The folder has the same layout as `optimum-cli export onnx`:
+//! input `pixel_values` float32 `[batch, 3, H, W]` (dynamic axis `batch`, H = W =
+//! `image_size` fixed), output `logits` `[batch, C]`.
+//!
+//! Output folder policy: the folder is created if missing. An existing folder is
+//! written into only when it is empty or already holds a `model.onnx` (a previous
+//! export); then `model.onnx`, `config.json` and `preprocessor_config.json` are
+//! replaced, each atomically (temporary file in the same folder + rename), and other
+//! files are left alone. Anything else (e.g. the checkpoint folder itself) is refused.
+//!
+//! Submodules: [`graph`] (ONNX builder), [`vit_graph`] (the architecture),
+//! [`weights`] (canonical weight set), [`checkpoint`] (folders), [`presets`] (init).
+
+pub mod checkpoint;
+pub mod graph;
+pub mod presets;
+pub mod vit_graph;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use vit_graph::GraphOptions;
+pub use weights::{Scheme, Tensor, VitWeights};
+
+use crate::error::{Error, Result};
+use crate::onnx::ModelProto;
+use crate::vit::VitConfig;
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportSource {
+    /// A folder with `config.json` + `model.safetensors`.
+    Checkpoint(PathBuf),
+    /// A preset architecture (see [`crate::vit::PRESETS`]) with seeded random weights.
+    Preset {
+        name: String,
+        seed: u64,
+        num_labels: usize,
+    },
+}
+
+/// Which operators the graph uses. The default is the variant measured fastest with
+/// logits within 1e-4 (see BENCHMARKS.md, ## Export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphVariant {
+    /// Default-domain ONNX operators only (runs on any ONNX runtime).
+    #[default]
+    Standard,
+    /// ONNX Runtime `com.microsoft` contrib ops (Attention, SkipLayerNormalization,
+    /// Gelu): faster on ONNX Runtime, not portable to other runtimes.
+    Fused,
+}
+
+impl GraphVariant {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GraphVariant::Standard => "standard",
+            GraphVariant::Fused => "fused",
+        }
+    }
+}
+
+/// Everything `export` needs.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub source: ExportSource,
+    pub out_dir: PathBuf,
+    /// Default-domain opset, 17..=23 (default 18, as optimum).
+    pub opset: i64,
+    /// Also output `attentions.{i}` `[batch, heads, S, S]`.
+    pub with_attentions: bool,
+    pub variant: GraphVariant,
+}
+
+impl ExportOptions {
+    /// Options with the defaults: opset 18, no attention outputs, default variant.
+    pub fn new(source: ExportSource, out_dir: impl Into<PathBuf>) -> Self {
+        ExportOptions {
+            source,
+            out_dir: out_dir.into(),
+            opset: 18,
+            with_attentions: false,
+            variant: GraphVariant::default(),
+        }
+    }
+}
+
+/// What `export` wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub out_dir: PathBuf,
+    pub model_path: PathBuf,
+    /// Float parameters of the model (PyTorch's count).
+    pub num_params: usize,
+    /// SHA-256 of the source `model.safetensors` (None for a preset).
+    pub source_sha256: Option<String>,
+    /// `checkpoint:<path>` or `preset:<name> seed=<seed>`.
+    pub source: String,
+    pub variant: GraphVariant,
+    pub opset: i64,
+    pub with_attentions: bool,
+    pub num_labels: usize,
+    /// Size of `model.onnx` in bytes.
+    pub model_bytes: u64,
+    /// Non-fatal findings, e.g. tensors in the checkpoint that the graph does not use.
+    pub warnings: Vec<String>,
+}
+
+/// Build the ONNX model in memory from a weight set (copies the weights into it).
+pub fn build_model(
+    cfg: &VitConfig,
+    weights: &VitWeights<'_>,
+    opts: &GraphOptions,
+) -> Result<ModelProto> {
+    Ok(vit_graph::build_vit(cfg, weights, opts)?.into_model_proto())
+}
+
+/// Build the ONNX model from HF-ViT-named tensors (what `vit-batch train` holds in
+/// memory) and return its encoded bytes; unused tensor names come back as warnings.
+pub fn build_model_bytes(
+    cfg: &VitConfig,
+    tensors: &BTreeMap<String, Tensor<'_>>,
+    opts: &GraphOptions,
+) -> Result<(Vec<u8>, Vec<String>)> {
+    let (w, unused) = VitWeights::from_hf_tensors(cfg, Scheme::HfVit, tensors)?;
+    let m = vit_graph::build_vit(cfg, &w, opts)?;
+    Ok((m.to_bytes(), unused))
+}
+
+/// Export according to `opts`. Never panics on bad input: every failure is an [`Error`].
+pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
+    prepare_out_dir(&opts.out_dir, &opts.source)?;
+    match &opts.source {
+        ExportSource::Checkpoint(dir) => {
+            let ck = checkpoint::Checkpoint::open(dir)?;
+            let tensors = ck.tensors()?;
+            let (weights, unused) = VitWeights::from_hf_tensors(&ck.config, ck.scheme, &tensors)?;
+            let warnings = unused
+                .iter()
+                .map(|n| {
+                    format!("tensor '{n}' in model.safetensors is not used by the exported graph")
+                })
+                .collect();
+            let preprocessor = match &ck.preprocessor {
+                Some(bytes) => bytes.clone(),
+                None => default_preprocessor(&ck.config, ck.norm_stats.as_ref()),
+            };
+            let source = format!("checkpoint:{}", dir.display());
+            let meta = vec![
+                ("source".to_string(), source.clone()),
+                ("source_format".to_string(), format!("{:?}", ck.scheme)),
+                ("source_sha256".to_string(), ck.sha256.clone()),
+            ];
+            write_folder(
+                opts,
+                &ck.config,
+                &weights,
+                meta,
+                &preprocessor,
+                source,
+                Some(ck.sha256.clone()),
+                warnings,
+            )
+        }
+        ExportSource::Preset {
+            name,
+            seed,
+            num_labels,
+        } => {
+            let cfg = VitConfig::preset(name, *num_labels)?;
+            let tensors = presets::random_init(&cfg, *seed);
+            let (weights, unused) = VitWeights::from_hf_tensors(&cfg, Scheme::HfVit, &tensors)?;
+            if !unused.is_empty() {
+                return Err(Error::Model {
+                    what: format!("internal: random init left tensors unused: {unused:?}"),
+                });
+            }
+            let source = format!("preset:{name} seed={seed}");
+            let meta = vec![
+                ("source".to_string(), source.clone()),
+                ("preset".to_string(), name.clone()),
+                ("seed".to_string(), seed.to_string()),
+            ];
+            let pp = default_preprocessor(&cfg, None);
+            write_folder(opts, &cfg, &weights, meta, &pp, source, None, Vec::new())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_folder(
+    opts: &ExportOptions,
+    cfg: &VitConfig,
+    weights: &VitWeights<'_>,
+    mut meta: Vec<(String, String)>,
+    preprocessor: &[u8],
+    source: String,
+    sha: Option<String>,
+    warnings: Vec<String>,
+) -> Result<ExportSummary> {
+    meta.push(("variant".into(), opts.variant.as_str().into()));
+    meta.push(("with_attentions".into(), opts.with_attentions.to_string()));
+    let gopts = GraphOptions {
+        opset: opts.opset,
+        with_attentions: opts.with_attentions,
+        variant: opts.variant,
+        metadata: meta,
+    };
+    let model = vit_graph::build_vit(cfg, weights, &gopts)?;
+    let model_path = opts.out_dir.join("model.onnx");
+    atomic_write(&model_path, |w| model.write_to(w))?;
+    let model_bytes = std::fs::metadata(&model_path)
+        .map_err(|e| Error::io(&model_path, e))?
+        .len();
+    let mut out_cfg = cfg.clone();
+    if out_cfg.architectures.is_none() {
+        out_cfg.architectures = Some(vec!["ViTForImageClassification".into()]);
+    }
+    let cfg_path = opts.out_dir.join("config.json");
+    atomic_write(&cfg_path, |w| w.write_all(out_cfg.to_json().as_bytes()))?;
+    let pp_path = opts.out_dir.join("preprocessor_config.json");
+    atomic_write(&pp_path, |w| w.write_all(preprocessor))?;
+    Ok(ExportSummary {
+        out_dir: opts.out_dir.clone(),
+        model_path,
+        num_params: weights.num_params(),
+        source_sha256: sha,
+        source,
+        variant: opts.variant,
+        opset: opts.opset,
+        with_attentions: opts.with_attentions,
+        num_labels: cfg.num_labels(),
+        model_bytes,
+        warnings,
+    })
+}
+
+/// ViTImageProcessor defaults for `cfg` (mean/std 0.5 unless `stats` says otherwise).
+pub fn default_preprocessor(cfg: &VitConfig, stats: Option<&(Vec<f64>, Vec<f64>)>) -> Vec<u8> {
+    let (mean, std) = stats
+        .cloned()
+        .unwrap_or_else(|| (vec![0.5; 3], vec![0.5; 3]));
+    let v = serde_json::json!({
+        "do_normalize": true,
+        "do_rescale": true,
+        "do_resize": true,
+        "image_mean": mean,
+        "image_processor_type": "ViTImageProcessor",
+        "image_std": std,
+        "resample": 2,
+        "rescale_factor": 1.0 / 255.0,
+        "size": {"height": cfg.image_size, "width": cfg.image_size},
+    });
+    serde_json::to_string_pretty(&v).expect("json").into_bytes()
+}
+
+fn prepare_out_dir(out: &Path, source: &ExportSource) -> Result<()> {
+    if let ExportSource::Checkpoint(src) = source {
+        if let (Ok(a), Ok(b)) = (out.canonicalize(), src.canonicalize()) {
+            if a == b {
+                return Err(Error::Output {
+                    what: format!(
+                        "refusing to export into the checkpoint folder itself ({})",
+                        out.display()
+                    ),
+                });
+            }
+        }
+    }
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(Error::Output {
+                what: format!("{} exists and is not a folder", out.display()),
+            });
+        }
+        let mut entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+        let empty = entries.next().is_none();
+        if !empty && !out.join("model.onnx").exists() {
+            return Err(Error::Output {
+                what: format!(
+                    "{} is not empty and holds no model.onnx from a previous export; \
+                     choose an empty or new folder",
+                    out.display()
+                ),
+            });
+        }
+    } else {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(())
+}
+
+/// Write `path` through a temporary file in the same folder, then rename over it.
+fn atomic_write(
+    path: &Path,
+    f: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".vit-batch-export-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        f(&mut w).map_err(|e| Error::io(tmp.path(), e))?;
+        w.flush().map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    // tempfile creates 0600 files; an exported model is meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

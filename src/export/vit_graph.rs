@@ -1,0 +1,539 @@
+//! The ViT classifier as an ONNX graph, built step by step in the order the
+//! architecture is usually described.
+//!
+//! Why it exists: this is the one place that decides what `model.onnx` computes. The
+//! steps are: patches (Conv with kernel = stride = P) → flatten → linear embedding (the
+//! Conv is that linear map) → prepend the learnable [CLS] (and DeiT's distillation)
+//! token → add position embeddings → L pre-norm blocks (LayerNorm → multi-head
+//! self-attention: Q, K, V; Q·Kᵀ/√d_head; softmax; ·V; heads concatenated; output
+//! projection → residual; LayerNorm → MLP with GELU → residual) → final LayerNorm →
+//! [CLS] → classifier → `logits`.
+//!
+//! Two variants:
+//! - [`GraphVariant::Standard`]: only default-domain ONNX ops. The token stream is
+//!   kept as a 2-D `[batch*S, D]` matrix so every Linear is one `Gemm` with
+//!   `transB = 1`, which reads Hugging Face's `[out, in]` weights as stored (no copy).
+//! - [`GraphVariant::Fused`]: ONNX Runtime's `com.microsoft` contrib ops:
+//!   `Attention` (QKV projection + attention in one kernel; its packed `[D, 3D]` weight
+//!   is the one tensor we re-lay out), `SkipLayerNormalization` (residual add + bias +
+//!   next LayerNorm) and `Gelu`/`FastGelu`. With `with_attentions` the attention
+//!   probabilities must be graph outputs, which the fused `Attention` kernel does not
+//!   expose, so that variant keeps the unfused attention and fuses the rest.
+
+use std::borrow::Cow;
+
+use super::graph::{Attr, BuiltModel, Dim, GraphBuilder, MS_DOMAIN};
+use super::weights::{Tensor, VitWeights};
+use super::GraphVariant;
+use crate::error::{Error, Result};
+use crate::vit::VitConfig;
+
+/// What the graph should contain beyond the weights.
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    /// Default-domain opset (17..=23; LayerNormalization needs 17).
+    pub opset: i64,
+    /// Add outputs `attentions.{i}` `[batch, heads, S, S]` (softmax probabilities).
+    pub with_attentions: bool,
+    pub variant: GraphVariant,
+    /// `metadata_props` of the model.
+    pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Act {
+    Erf,
+    Tanh,
+}
+
+fn act_of(cfg: &VitConfig) -> Result<Act> {
+    match cfg.hidden_act.as_str() {
+        "gelu" => Ok(Act::Erf),
+        "gelu_new" | "gelu_pytorch_tanh" => Ok(Act::Tanh),
+        other => Err(Error::Config {
+            what: format!(
+                "unsupported hidden_act '{other}' (supported: gelu, gelu_new, gelu_pytorch_tanh)"
+            ),
+        }),
+    }
+}
+
+fn linear<'b>(
+    g: &mut GraphBuilder<'b>,
+    x: &str,
+    name: &str,
+    wt: &'b Tensor<'_>,
+    bias: Option<&'b Tensor<'_>>,
+) -> String {
+    let wn = w(g, &format!("{name}.weight"), wt);
+    let bn = bias.map(|b| w(g, &format!("{name}.bias"), b));
+    let mut ins = vec![x, wn.as_str()];
+    if let Some(b) = &bn {
+        ins.push(b);
+    }
+    g.op("Gemm", &ins, &[("transB", Attr::Int(1))], name)
+}
+
+fn layer_norm<'b>(
+    g: &mut GraphBuilder<'b>,
+    x: &str,
+    name: &str,
+    gw: &'b Tensor<'_>,
+    gb: &'b Tensor<'_>,
+    eps: f32,
+) -> String {
+    let wn = w(g, &format!("{name}.weight"), gw);
+    let bn = w(g, &format!("{name}.bias"), gb);
+    g.op(
+        "LayerNormalization",
+        &[x, &wn, &bn],
+        &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+        name,
+    )
+}
+
+fn w<'b>(g: &mut GraphBuilder<'b>, name: &str, t: &'b Tensor<'_>) -> String {
+    g.weight(name, &t.shape, Cow::Borrowed(&t.data))
+}
+
+/// Build the graph for `cfg` and `weights`. Payloads borrow from `weights`.
+pub fn build_vit<'b>(
+    cfg: &VitConfig,
+    weights: &'b VitWeights<'_>,
+    opts: &GraphOptions,
+) -> Result<BuiltModel<'b>> {
+    cfg.validate()?;
+    let act = act_of(cfg)?;
+    if !(17..=23).contains(&opts.opset) {
+        return Err(Error::Config {
+            what: format!("opset {} is not supported (17..=23)", opts.opset),
+        });
+    }
+    let d = cfg.hidden_size as i64;
+    let heads = cfg.num_attention_heads as i64;
+    let dh = cfg.head_dim() as i64;
+    let p = cfg.patch_size as i64;
+    let n_extra = 1 + weights.dist_token.is_some() as i64;
+    let s = cfg.num_patches() as i64 + n_extra;
+    let eps = cfg.layer_norm_eps as f32;
+    let classes = cfg.num_labels() as i64;
+    let fused = opts.variant == GraphVariant::Fused;
+    let batch = || Dim::Param("batch".into());
+
+    let mut g = GraphBuilder::new("vit");
+
+    // 1. Patches: a Conv with kernel = stride = P is "cut into P×P patches, flatten,
+    //    multiply by the embedding matrix" in one op: [B, C, H, W] → [B, D, g, g].
+    let x = g.input(
+        "pixel_values",
+        &[
+            batch(),
+            Dim::Fixed(cfg.num_channels as i64),
+            Dim::Fixed(cfg.image_size as i64),
+            Dim::Fixed(cfg.image_size as i64),
+        ],
+    );
+    let pw = w(&mut g, "embeddings.patch.weight", &weights.patch_w);
+    let pb = w(&mut g, "embeddings.patch.bias", &weights.patch_b);
+    let conv = g.op(
+        "Conv",
+        &[&x, &pw, &pb],
+        &[
+            ("kernel_shape", Attr::Ints(vec![p, p])),
+            ("strides", Attr::Ints(vec![p, p])),
+        ],
+        "patch_embeds",
+    );
+    // 2. Flatten the grid into a sequence: [B, D, g*g] → [B, N, D].
+    let shape_bdn = g.const_i64("shape_b_d_n", &[0, d, -1], false);
+    let flat = g.op("Reshape", &[&conv, &shape_bdn], &[], "patch_flat");
+    let tokens = g.op(
+        "Transpose",
+        &[&flat],
+        &[("perm", Attr::Ints(vec![0, 2, 1]))],
+        "patch_tokens",
+    );
+
+    // 3. Prepend [CLS] (and DeiT's distillation token), broadcast over the batch.
+    let bsz = g.op(
+        "Shape",
+        &[&x],
+        &[("start", Attr::Int(0)), ("end", Attr::Int(1))],
+        "batch_size",
+    );
+    let one_d = g.const_i64("one_d", &[1, d], false);
+    let tok_shape = g.op(
+        "Concat",
+        &[&bsz, &one_d],
+        &[("axis", Attr::Int(0))],
+        "token_shape",
+    );
+    let cls = w(&mut g, "embeddings.cls_token", &weights.cls_token);
+    let cls_b = g.op("Expand", &[&cls, &tok_shape], &[], "cls_tokens");
+    let mut seq_parts = vec![cls_b];
+    if let Some(dist) = &weights.dist_token {
+        let dt = w(&mut g, "embeddings.distillation_token", dist);
+        seq_parts.push(g.op("Expand", &[&dt, &tok_shape], &[], "distillation_tokens"));
+    }
+    seq_parts.push(tokens);
+    let parts: Vec<&str> = seq_parts.iter().map(|s| s.as_str()).collect();
+    let seq = g.op(
+        "Concat",
+        &parts,
+        &[("axis", Attr::Int(1))],
+        "embeddings_seq",
+    );
+
+    // 4. Add position embeddings: [B, S, D].
+    let pos = w(&mut g, "embeddings.position_embeddings", &weights.pos_embed);
+    let emb = g.op("Add", &[&seq, &pos], &[], "embeddings");
+
+    // The encoder works on a [B*S, D] matrix (Gemm wants 2-D); attention reshapes.
+    let shape_2d = g.const_i64("shape_rows_d", &[-1, d], false);
+    let shape_bshd = g.const_i64("shape_b_s_h_dh", &[-1, s, heads, dh], false);
+    let shape_bsd = g.const_i64("shape_b_s_d", &[-1, s, d], false);
+    let scale = g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]);
+    let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
+
+    // In the fused variant the LayerNorm before each block comes out of the previous
+    // block's SkipLayerNormalization; only block 0 needs a plain one.
+    let mut normed: Option<String> = None;
+    let nl = weights.layers.len();
+    for (i, l) in weights.layers.iter().enumerate() {
+        let pre = format!("layer{i}");
+        // 5a. LayerNorm before attention.
+        let ln1 = match normed.take() {
+            Some(v) => v,
+            None => layer_norm(
+                &mut g,
+                &h,
+                &format!("{pre}.ln_before"),
+                &l.ln1_w,
+                &l.ln1_b,
+                eps,
+            ),
+        };
+        // 5b. Multi-head self-attention.
+        let ctx2d = if fused && !opts.with_attentions {
+            let (wqkv, bqkv) = packed_qkv(cfg, l);
+            let wn = g.weight(
+                &format!("{pre}.attn.qkv_packed.weight"),
+                &wqkv.shape,
+                wqkv.data,
+            );
+            let x3 = g.op(
+                "Reshape",
+                &[&ln1, &shape_bsd],
+                &[],
+                &format!("{pre}.attn.input"),
+            );
+            let mut ins = vec![x3.as_str(), wn.as_str()];
+            let bn;
+            if let Some(b) = bqkv {
+                bn = g.weight(&format!("{pre}.attn.qkv_packed.bias"), &b.shape, b.data);
+                ins.push(&bn);
+            }
+            let ctx = g.op_in(
+                MS_DOMAIN,
+                "Attention",
+                &ins,
+                &[("num_heads", Attr::Int(heads))],
+                &[&format!("{pre}.attn.context")],
+            );
+            g.op(
+                "Reshape",
+                &[&ctx[0], &shape_2d],
+                &[],
+                &format!("{pre}.attn.context_2d"),
+            )
+        } else {
+            let q = linear(
+                &mut g,
+                &ln1,
+                &format!("{pre}.attn.query"),
+                &l.q_w,
+                l.q_b.as_ref(),
+            );
+            let k = linear(
+                &mut g,
+                &ln1,
+                &format!("{pre}.attn.key"),
+                &l.k_w,
+                l.k_b.as_ref(),
+            );
+            let v = linear(
+                &mut g,
+                &ln1,
+                &format!("{pre}.attn.value"),
+                &l.v_w,
+                l.v_b.as_ref(),
+            );
+            let split = |g: &mut GraphBuilder<'b>, t: &str, perm: Vec<i64>, name: &str| {
+                let r = g.op("Reshape", &[t, &shape_bshd], &[], &format!("{name}_4d"));
+                g.op(
+                    "Transpose",
+                    &[&r],
+                    &[("perm", Attr::Ints(perm))],
+                    &format!("{name}_heads"),
+                )
+            };
+            // [B, H, S, dh], Kᵀ as [B, H, dh, S]
+            let qh = split(&mut g, &q, vec![0, 2, 1, 3], &q);
+            let kt = split(&mut g, &k, vec![0, 2, 3, 1], &k);
+            let vh = split(&mut g, &v, vec![0, 2, 1, 3], &v);
+            let scores = g.op(
+                "MatMul",
+                &[&qh, &kt],
+                &[],
+                &format!("{pre}.attn.scores_raw"),
+            );
+            let scores = g.op(
+                "Mul",
+                &[&scores, &scale],
+                &[],
+                &format!("{pre}.attn.scores"),
+            );
+            let probs_name = if opts.with_attentions {
+                format!("attentions.{i}")
+            } else {
+                format!("{pre}.attn.probs")
+            };
+            let probs = g.op(
+                "Softmax",
+                &[&scores],
+                &[("axis", Attr::Int(-1))],
+                &probs_name,
+            );
+            if opts.with_attentions {
+                debug_assert_eq!(probs, probs_name);
+                g.output(
+                    &probs,
+                    &[batch(), Dim::Fixed(heads), Dim::Fixed(s), Dim::Fixed(s)],
+                );
+            }
+            let ctx = g.op(
+                "MatMul",
+                &[&probs, &vh],
+                &[],
+                &format!("{pre}.attn.context_heads"),
+            );
+            // Concatenate heads: [B, H, S, dh] → [B, S, H, dh] → [B*S, D].
+            let ctx = g.op(
+                "Transpose",
+                &[&ctx],
+                &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+                &format!("{pre}.attn.context_bshd"),
+            );
+            g.op(
+                "Reshape",
+                &[&ctx, &shape_2d],
+                &[],
+                &format!("{pre}.attn.context_2d"),
+            )
+        };
+        // 5c. Output projection + residual (+ in the fused variant, LayerNorm after).
+        let ln2;
+        if fused {
+            let o = linear(&mut g, &ctx2d, &format!("{pre}.attn.output"), &l.o_w, None);
+            let ob = w(&mut g, &format!("{pre}.attn.output.bias"), &l.o_b);
+            let gw = w(&mut g, &format!("{pre}.ln_after.weight"), &l.ln2_w);
+            let gb = w(&mut g, &format!("{pre}.ln_after.bias"), &l.ln2_b);
+            let outs = g.op_in(
+                MS_DOMAIN,
+                "SkipLayerNormalization",
+                &[&o, &h, &gw, &gb, &ob],
+                &[("epsilon", Attr::Float(eps))],
+                &[
+                    &format!("{pre}.ln_after"),
+                    "",
+                    "",
+                    &format!("{pre}.hidden_mid"),
+                ],
+            );
+            ln2 = outs[0].clone();
+            h = outs[3].clone();
+        } else {
+            let o = linear(
+                &mut g,
+                &ctx2d,
+                &format!("{pre}.attn.output"),
+                &l.o_w,
+                Some(&l.o_b),
+            );
+            h = g.op("Add", &[&h, &o], &[], &format!("{pre}.hidden_mid"));
+            // 5d. LayerNorm after attention.
+            ln2 = layer_norm(
+                &mut g,
+                &h,
+                &format!("{pre}.ln_after"),
+                &l.ln2_w,
+                &l.ln2_b,
+                eps,
+            );
+        }
+        // 5e. MLP: D → I, GELU, I → D; residual.
+        let f1 = linear(
+            &mut g,
+            &ln2,
+            &format!("{pre}.mlp.fc1"),
+            &l.fc1_w,
+            Some(&l.fc1_b),
+        );
+        let ga = if fused {
+            let op = if act == Act::Erf { "Gelu" } else { "FastGelu" };
+            g.op_in(MS_DOMAIN, op, &[&f1], &[], &[&format!("{pre}.mlp.gelu")])
+                .remove(0)
+        } else {
+            gelu(&mut g, &f1, act, &format!("{pre}.mlp.gelu"))
+        };
+        if fused {
+            let f2 = linear(&mut g, &ga, &format!("{pre}.mlp.fc2"), &l.fc2_w, None);
+            let f2b = w(&mut g, &format!("{pre}.mlp.fc2.bias"), &l.fc2_b);
+            // The LayerNorm that follows the residual is the next block's "before"
+            // norm, or the final one after the last block.
+            let (gw, gb, ln_name) = if i + 1 < nl {
+                let nx = &weights.layers[i + 1];
+                (&nx.ln1_w, &nx.ln1_b, format!("layer{}.ln_before", i + 1))
+            } else {
+                (
+                    &weights.final_ln_w,
+                    &weights.final_ln_b,
+                    "final_layernorm".to_string(),
+                )
+            };
+            let gw = w(&mut g, &format!("{ln_name}.weight"), gw);
+            let gb = w(&mut g, &format!("{ln_name}.bias"), gb);
+            let outs = g.op_in(
+                MS_DOMAIN,
+                "SkipLayerNormalization",
+                &[&f2, &h, &gw, &gb, &f2b],
+                &[("epsilon", Attr::Float(eps))],
+                &[&ln_name, "", "", &format!("hidden_{}", i + 1)],
+            );
+            normed = Some(outs[0].clone());
+            h = outs[3].clone();
+        } else {
+            let f2 = linear(
+                &mut g,
+                &ga,
+                &format!("{pre}.mlp.fc2"),
+                &l.fc2_w,
+                Some(&l.fc2_b),
+            );
+            h = g.op("Add", &[&h, &f2], &[], &format!("hidden_{}", i + 1));
+        }
+    }
+
+    // 6. Final LayerNorm, then the classifier on [CLS] (DeiT with teacher: the mean of
+    //    the [CLS] head and the distillation head). LayerNorm is per token, so taking
+    //    the token first and normalising it equals normalising all tokens.
+    let (seq_out, final_done) = match normed.take() {
+        Some(v) => (v, true),
+        None => (h, false),
+    };
+    let h3 = g.op("Reshape", &[&seq_out, &shape_bsd], &[], "last_hidden_state");
+    let mut head_logits = Vec::new();
+    for (k, (hw, hb)) in weights.heads.iter().enumerate() {
+        let idx = g.const_i64(&format!("token_{k}"), &[k as i64], true);
+        let tok = g.op(
+            "Gather",
+            &[&h3, &idx],
+            &[("axis", Attr::Int(1))],
+            &format!("head{k}.token"),
+        );
+        let tok = if final_done {
+            tok
+        } else {
+            layer_norm(
+                &mut g,
+                &tok,
+                &format!("final_layernorm{k}"),
+                &weights.final_ln_w,
+                &weights.final_ln_b,
+                eps,
+            )
+        };
+        let out_name = if weights.heads.len() == 1 {
+            "logits".to_string()
+        } else {
+            format!("head{k}.logits")
+        };
+        head_logits.push(linear(&mut g, &tok, &out_name, hw, Some(hb)));
+    }
+    let logits = if head_logits.len() == 1 {
+        head_logits.remove(0)
+    } else {
+        let sum = g.op("Add", &[&head_logits[0], &head_logits[1]], &[], "heads_sum");
+        let half = g.const_f32("half", &[], &[0.5]);
+        g.op("Mul", &[&sum, &half], &[], "logits")
+    };
+    if logits != "logits" {
+        return Err(Error::Model {
+            what: format!("internal: classifier output named '{logits}', not 'logits'"),
+        });
+    }
+    g.output(&logits, &[batch(), Dim::Fixed(classes)]);
+    Ok(g.finish(opts.opset, env!("CARGO_PKG_VERSION"), &opts.metadata))
+}
+
+/// Exact GELU, x·½·(1 + erf(x/√2)), or the tanh approximation.
+fn gelu(g: &mut GraphBuilder<'_>, x: &str, act: Act, name: &str) -> String {
+    let half = g.const_f32(&format!("{name}.half"), &[], &[0.5]);
+    let one = g.const_f32(&format!("{name}.one"), &[], &[1.0]);
+    let inner = match act {
+        Act::Erf => {
+            // Div by √2 (as PyTorch writes it), the pattern ORT's GELU fusion matches.
+            let sqrt2 = g.const_f32(&format!("{name}.sqrt2"), &[], &[std::f32::consts::SQRT_2]);
+            let t = g.op("Div", &[x, &sqrt2], &[], &format!("{name}.scaled"));
+            g.op("Erf", &[&t], &[], &format!("{name}.erf"))
+        }
+        Act::Tanh => {
+            // tanh(√(2/π)·(x + 0.044715·x³))
+            let c = g.const_f32(&format!("{name}.c"), &[], &[0.044715]);
+            let k = g.const_f32(
+                &format!("{name}.k"),
+                &[],
+                &[(2.0f32 / std::f32::consts::PI).sqrt()],
+            );
+            let x2 = g.op("Mul", &[x, x], &[], &format!("{name}.x2"));
+            let x3 = g.op("Mul", &[&x2, x], &[], &format!("{name}.x3"));
+            let cx3 = g.op("Mul", &[&x3, &c], &[], &format!("{name}.cx3"));
+            let sum = g.op("Add", &[x, &cx3], &[], &format!("{name}.sum"));
+            let t = g.op("Mul", &[&sum, &k], &[], &format!("{name}.scaled"));
+            g.op("Tanh", &[&t], &[], &format!("{name}.tanh"))
+        }
+    };
+    let p1 = g.op("Add", &[&inner, &one], &[], &format!("{name}.plus1"));
+    let xm = g.op("Mul", &[x, &p1], &[], &format!("{name}.xmul"));
+    g.op("Mul", &[&xm, &half], &[], name)
+}
+
+/// The `[D, 3D]` weight and `[3D]` bias of `com.microsoft.Attention`: columns are
+/// Q, K, V projections (transposed from Linear's `[out, in]`).
+fn packed_qkv(
+    cfg: &VitConfig,
+    l: &super::weights::LayerWeights<'_>,
+) -> (Tensor<'static>, Option<Tensor<'static>>) {
+    let d = cfg.hidden_size;
+    let mut out = vec![0f32; d * 3 * d];
+    for (k, t) in [&l.q_w, &l.k_w, &l.v_w].into_iter().enumerate() {
+        let vals = t.to_f32();
+        for o in 0..d {
+            for i in 0..d {
+                out[i * 3 * d + k * d + o] = vals[o * d + i];
+            }
+        }
+    }
+    let bias = if l.q_b.is_some() || l.k_b.is_some() || l.v_b.is_some() {
+        let mut b = vec![0f32; 3 * d];
+        for (k, t) in [&l.q_b, &l.k_b, &l.v_b].into_iter().enumerate() {
+            if let Some(t) = t {
+                b[k * d..(k + 1) * d].copy_from_slice(&t.to_f32());
+            }
+        }
+        Some(Tensor::from_f32(vec![3 * d], &b))
+    } else {
+        None
+    };
+    (Tensor::from_f32(vec![d, 3 * d], &out), bias)
+}
