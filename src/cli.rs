@@ -213,7 +213,8 @@ pub fn finish_compare(r: &vit_batch::compare::CompareReport, out: &CompareOutput
         r.write_json(p).context("writing the JSON report")?;
     }
     if let Some(p) = out.markdown {
-        r.write_markdown(p).context("writing the Markdown summary")?;
+        r.write_markdown(p)
+            .context("writing the Markdown summary")?;
     }
     if let Some(p) = out.junit {
         r.write_junit(p).context("writing the JUnit XML")?;
@@ -233,7 +234,10 @@ pub fn finish_compare(r: &vit_batch::compare::CompareReport, out: &CompareOutput
         );
     }
     if r.regressions.len() > shown {
-        println!("  ... and {} more right->wrong", r.regressions.len() - shown);
+        println!(
+            "  ... and {} more right->wrong",
+            r.regressions.len() - shown
+        );
     }
     Ok(if r.passed() { EXIT_OK } else { EXIT_REGRESSION })
 }

@@ -546,13 +546,21 @@ pub fn compare_runs(
     let acc_fail = accuracy.drop_pp > opts.max_accuracy_drop_pp + EPS;
     gates.push(Gate {
         name: "accuracy".into(),
-        verdict: if acc_fail { Verdict::Fail } else { Verdict::Pass },
+        verdict: if acc_fail {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        },
         threshold: format!("top-1 drop <= {:.2} pp", opts.max_accuracy_drop_pp),
         observed: format!(
             "{} -> {} ({} {:.2} pp) on {} images",
             pct(acc_b),
             pct(acc_c),
-            if accuracy.drop_pp > 0.0 { "drop" } else { "change +" },
+            if accuracy.drop_pp > 0.0 {
+                "drop"
+            } else {
+                "change +"
+            },
             accuracy.drop_pp.abs(),
             compared
         ),
@@ -942,7 +950,11 @@ impl CompareReport {
             match g.verdict {
                 Verdict::Pass => {}
                 Verdict::Skipped => {
-                    let _ = write!(s, "\n      <skipped message=\"{}\"/>", xml_escape(&g.message));
+                    let _ = write!(
+                        s,
+                        "\n      <skipped message=\"{}\"/>",
+                        xml_escape(&g.message)
+                    );
                 }
                 Verdict::Fail => {
                     let mut body = detail.clone();
@@ -959,7 +971,8 @@ impl CompareReport {
                             );
                         }
                         if self.regressions.len() > 100 {
-                            let _ = write!(body, "\n  ... and {} more", self.regressions.len() - 100);
+                            let _ =
+                                write!(body, "\n  ... and {} more", self.regressions.len() - 100);
                         }
                     }
                     let _ = write!(
