@@ -32,6 +32,10 @@ enum Cmd {
     Score(ScoreArgs),
     /// Regression gate: compare a candidate run with a baseline run (exit 1 on regression).
     Compare(CompareArgs),
+    /// Train a ViT preset on an ImageFolder dataset (CPU) and write an HF checkpoint.
+    Train(TrainArgs),
+    /// Write a ViT as an ONNX model folder (model.onnx, config.json, preprocessor_config.json).
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -261,6 +265,165 @@ fn compare(a: CompareArgs) -> Result<i32> {
     )
 }
 
+// ---- train (owner: train) ------------------------------------------------------
+
+#[derive(Args)]
+struct TrainArgs {
+    /// ImageFolder dataset: DATA_DIR/<class>/.../<image>.
+    data_dir: PathBuf,
+    /// Architecture preset (e.g. vit-digits).
+    #[arg(long)]
+    preset: String,
+    /// Checkpoint folder to write (config.json, model.safetensors, preprocessor_config.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (linear warm-up, then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Warm-up as a fraction of all steps.
+    #[arg(long, default_value_t = 0.1)]
+    warmup: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Hold out this fraction of each class for validation (0 = none).
+    #[arg(long, default_value_t = 0.1, conflicts_with = "val")]
+    val_split: f64,
+    /// Validation ImageFolder instead of a split of DATA_DIR.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Use only the first N images of each class (e.g. a short CI run).
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Random shifts of up to N input pixels during training (0 = no augmentation).
+    #[arg(long, default_value_t = 0)]
+    augment_shift: usize,
+    /// CPU threads (default: RAYON_NUM_THREADS, else the physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn train(a: TrainArgs) -> Result<i32> {
+    use vit_batch::train::{TrainOptions, TrainProgress, ValSplit};
+    let mut o = TrainOptions::new(a.data_dir, a.preset, a.out);
+    o.epochs = a.epochs;
+    o.batch_size = a.batch_size;
+    o.lr = a.lr;
+    o.weight_decay = a.weight_decay;
+    o.warmup_fraction = a.warmup;
+    o.seed = a.seed;
+    o.val = match a.val {
+        Some(d) => ValSplit::Dir(d),
+        None => ValSplit::Fraction(a.val_split),
+    };
+    o.limit_per_class = a.limit_per_class;
+    o.augment_shift = a.augment_shift;
+    o.threads = a.threads;
+    o.progress = if a.quiet {
+        TrainProgress::Quiet
+    } else {
+        TrainProgress::Auto
+    };
+    let s = vit_batch::train::train(&o).context("train failed")?;
+    if !a.quiet {
+        let acc = s
+            .final_val_accuracy()
+            .map(|v| format!("val acc {:.2}%", 100.0 * v))
+            .unwrap_or_else(|| "no validation set".into());
+        eprintln!(
+            "vit-batch: trained {} on {} images ({} classes, {} unreadable) in {:.1}s; final loss {:.4}, {}; wrote {}",
+            s.preset,
+            s.num_train,
+            s.classes.len(),
+            s.unreadable.len(),
+            s.wall_s,
+            s.epochs.last().map(|e| e.train_loss).unwrap_or(f64::NAN),
+            acc,
+            s.out_dir.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+// ---- export (wiring of the export branch's library; owner: export) --------------
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Checkpoint folder (config.json + model.safetensors): HF ViT/DeiT, timm, or `train`'s.
+    #[arg(long, conflicts_with_all = ["preset", "random_init"], required_unless_present = "preset")]
+    checkpoint: Option<PathBuf>,
+    /// Output model folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 18)]
+    opset: i64,
+    /// Also output attentions.{i} [batch, heads, S, S].
+    #[arg(long)]
+    with_attentions: bool,
+    /// Graph operators: standard (portable) or fused (ONNX Runtime contrib ops).
+    #[arg(long, default_value = "standard", value_parser = ["standard", "fused"])]
+    variant: String,
+    /// Preset architecture with seeded random weights (needs --random-init).
+    #[arg(long, requires = "random_init")]
+    preset: Option<String>,
+    #[arg(long, requires = "preset")]
+    random_init: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 10)]
+    num_labels: usize,
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn export(a: ExportArgs) -> Result<i32> {
+    use vit_batch::export::{ExportOptions, ExportSource, GraphVariant};
+    let source = match (a.checkpoint, a.preset) {
+        (Some(dir), _) => ExportSource::Checkpoint(dir),
+        (None, Some(name)) => ExportSource::Preset {
+            name,
+            seed: a.seed,
+            num_labels: a.num_labels,
+        },
+        (None, None) => bail!("give --checkpoint DIR or --preset NAME --random-init"),
+    };
+    let mut o = ExportOptions::new(source, a.out);
+    o.opset = a.opset;
+    o.with_attentions = a.with_attentions;
+    o.variant = if a.variant == "fused" {
+        GraphVariant::Fused
+    } else {
+        GraphVariant::Standard
+    };
+    let s = vit_batch::export::export(&o).context("export failed")?;
+    if !a.quiet {
+        for w in &s.warnings {
+            eprintln!("vit-batch: warning: {w}");
+        }
+        eprintln!(
+            "vit-batch: exported {} ({} params, {} labels, opset {}, {}) to {} ({} bytes)",
+            s.source,
+            s.num_params,
+            s.num_labels,
+            s.opset,
+            s.variant.as_str(),
+            s.model_path.display(),
+            s.model_bytes
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+// ---- end train / export ------------------------------------------------------------
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -273,6 +436,8 @@ pub fn main() -> i32 {
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
         Cmd::Compare(a) => compare(a),
+        Cmd::Train(a) => train(a),
+        Cmd::Export(a) => export(a),
     };
     match r {
         Ok(code) => code,

@@ -13,6 +13,7 @@ pub mod preprocess;
 pub mod record;
 pub mod runtime;
 pub mod score;
+pub mod train;
 pub mod vit;
 pub mod walk;
 
