@@ -32,6 +32,8 @@ enum Cmd {
     Score(ScoreArgs),
     /// Regression gate: compare a candidate run with a baseline run (exit 1 on regression).
     Compare(CompareArgs),
+    /// Run a declared pipeline (train, export, score, report, gate); exit code of the gate.
+    Run(RunArgs),
     /// Train a ViT preset on an ImageFolder dataset (CPU) and write an HF checkpoint.
     Train(TrainArgs),
     /// Write a ViT as an ONNX model folder (model.onnx, config.json, preprocessor_config.json).
@@ -167,7 +169,7 @@ fn score(a: ScoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-// ---- compare ------------------------------------------------------------------
+// ---- compare / run (owner: gate) -------------------------------------------------
 
 #[derive(Args)]
 struct CompareArgs {
@@ -204,25 +206,9 @@ struct CompareArgs {
     json: Option<PathBuf>,
 }
 
-/// The compare outputs a caller asked for.
-pub struct CompareOutputs<'a> {
-    pub junit: Option<&'a std::path::Path>,
-    pub markdown: Option<&'a std::path::Path>,
-    pub json: Option<&'a std::path::Path>,
-}
-
-/// Write the requested files, print the verdict, and give the exit code.
-pub fn finish_compare(r: &vit_batch::compare::CompareReport, out: &CompareOutputs) -> Result<i32> {
-    if let Some(p) = out.json {
-        r.write_json(p).context("writing the JSON report")?;
-    }
-    if let Some(p) = out.markdown {
-        r.write_markdown(p)
-            .context("writing the Markdown summary")?;
-    }
-    if let Some(p) = out.junit {
-        r.write_junit(p).context("writing the JUnit XML")?;
-    }
+/// Print the gate's verdict (a line per gate and the first broken images) on stdout
+/// and give the exit code.
+fn print_verdict(r: &vit_batch::compare::CompareReport) -> i32 {
     println!("vit-batch compare: {}", r.one_line());
     for g in &r.gates {
         println!("  {:<12} {:<7} {}", g.name, g.verdict.as_str(), g.observed);
@@ -243,7 +229,11 @@ pub fn finish_compare(r: &vit_batch::compare::CompareReport, out: &CompareOutput
             r.regressions.len() - shown
         );
     }
-    Ok(if r.passed() { EXIT_OK } else { EXIT_REGRESSION })
+    if r.passed() {
+        EXIT_OK
+    } else {
+        EXIT_REGRESSION
+    }
 }
 
 fn compare(a: CompareArgs) -> Result<i32> {
@@ -255,15 +245,65 @@ fn compare(a: CompareArgs) -> Result<i32> {
     o.max_throughput_drop_pct = a.max_throughput_drop;
     o.allow_partial = a.allow_partial;
     let r = vit_batch::compare::compare(&o).context("compare failed")?;
-    finish_compare(
-        &r,
-        &CompareOutputs {
-            junit: a.junit.as_deref(),
-            markdown: a.markdown.as_deref(),
-            json: a.json.as_deref(),
-        },
-    )
+    if let Some(p) = &a.json {
+        r.write_json(p).context("writing the JSON report")?;
+    }
+    if let Some(p) = &a.markdown {
+        r.write_markdown(p)
+            .context("writing the Markdown summary")?;
+    }
+    if let Some(p) = &a.junit {
+        r.write_junit(p).context("writing the JUnit XML")?;
+    }
+    Ok(print_verdict(&r))
 }
+
+#[derive(Args)]
+struct RunArgs {
+    /// Pipeline file (TOML). Relative paths inside it are resolved against the
+    /// current directory: run from the repository root.
+    pipeline: PathBuf,
+    /// Validate the pipeline and print its stages without running them.
+    #[arg(long)]
+    check: bool,
+    /// No progress output (the verdict is still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run_pipeline(a: RunArgs) -> Result<i32> {
+    let plan = vit_batch::pipeline::load(&a.pipeline)?;
+    if a.check {
+        println!(
+            "vit-batch run: {} is valid: {}",
+            a.pipeline.display(),
+            plan.stages
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+        for n in &plan.notes {
+            println!("  note: {n}");
+        }
+        return Ok(EXIT_OK);
+    }
+    let out = vit_batch::pipeline::run(&plan, a.quiet)
+        .with_context(|| format!("pipeline {} failed", plan.name))?;
+    Ok(match &out.gate {
+        Some(r) => print_verdict(r),
+        None => {
+            println!(
+                "vit-batch run: {} done ({})",
+                plan.name,
+                out.ran.join(" -> ")
+            );
+            EXIT_OK
+        }
+    })
+}
+
+// ---- end compare / run -----------------------------------------------------------
 
 // ---- train (owner: train) ------------------------------------------------------
 
@@ -436,6 +476,7 @@ pub fn main() -> i32 {
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
         Cmd::Compare(a) => compare(a),
+        Cmd::Run(a) => run_pipeline(a),
         Cmd::Train(a) => train(a),
         Cmd::Export(a) => export(a),
     };

@@ -85,7 +85,8 @@ impl CompareOptions {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the thresholds (the paths are checked when the runs are read).
+    pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Compare { what });
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         if !finite_nonneg(self.max_accuracy_drop_pp) {

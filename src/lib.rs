@@ -9,6 +9,7 @@ pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
 pub mod record;
 pub mod runtime;
