@@ -32,6 +32,10 @@ enum Cmd {
     Score(ScoreArgs),
     /// Build a ViT ONNX model folder from a checkpoint or a preset.
     Export(ExportArgs),
+    /// Regression gate: compare a candidate run with a baseline run (exit 1 on regression).
+    Compare(CompareArgs),
+    /// Run a declared pipeline (train, export, score, report, gate); exit code of the gate.
+    Run(RunArgs),
     /// Train a ViT preset on an ImageFolder dataset (CPU) and write an HF checkpoint.
     Train(TrainArgs),
     /// Merge shard run folders (scored with --shard K/N) into one run.
@@ -267,6 +271,142 @@ fn score(a: ScoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+// ---- compare / run (owner: gate) -------------------------------------------------
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Baseline run folder (written by `vit-batch score`).
+    baseline_run: PathBuf,
+    /// Candidate run folder.
+    candidate_run: PathBuf,
+    /// Largest allowed top-1 accuracy drop, in percentage points.
+    #[arg(long = "max-accuracy-drop", value_name = "PP", default_value_t = vit_batch::compare::DEFAULT_MAX_ACCURACY_DROP_PP)]
+    max_accuracy_drop: f64,
+    /// Largest allowed per-class recall drop, in percentage points.
+    #[arg(long = "max-class-recall-drop", value_name = "PP", default_value_t = vit_batch::compare::DEFAULT_MAX_CLASS_RECALL_DROP_PP)]
+    max_class_recall_drop: f64,
+    /// Classes with fewer compared images are not gated on recall.
+    #[arg(long, value_name = "N", default_value_t = vit_batch::compare::DEFAULT_MIN_CLASS_SUPPORT)]
+    min_class_support: u64,
+    /// Significance level of McNemar's exact test.
+    #[arg(long, value_name = "A", default_value_t = vit_batch::compare::DEFAULT_ALPHA)]
+    alpha: f64,
+    /// Enable the throughput gate: largest allowed images/s drop, in percent.
+    #[arg(long = "max-throughput-drop", value_name = "PCT")]
+    max_throughput_drop: Option<f64>,
+    /// Compare only the images common to both runs (else differing image sets are an error).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Write JUnit XML (one testcase per gate).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write a Markdown summary (e.g. for $GITHUB_STEP_SUMMARY).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Print the gate's verdict (a line per gate and the first broken images) on stdout
+/// and give the exit code.
+fn print_verdict(r: &vit_batch::compare::CompareReport) -> i32 {
+    println!("vit-batch compare: {}", r.one_line());
+    for g in &r.gates {
+        println!("  {:<12} {:<7} {}", g.name, g.verdict.as_str(), g.observed);
+    }
+    let shown = 10;
+    for f in r.regressions.iter().take(shown) {
+        println!(
+            "  right->wrong {} (label {}): {} -> {}",
+            f.path,
+            f.label,
+            f.baseline_pred.as_deref().unwrap_or("error"),
+            f.candidate_pred.as_deref().unwrap_or("error")
+        );
+    }
+    if r.regressions.len() > shown {
+        println!(
+            "  ... and {} more right->wrong",
+            r.regressions.len() - shown
+        );
+    }
+    if r.passed() {
+        EXIT_OK
+    } else {
+        EXIT_REGRESSION
+    }
+}
+
+fn compare(a: CompareArgs) -> Result<i32> {
+    let mut o = vit_batch::compare::CompareOptions::new(a.baseline_run, a.candidate_run);
+    o.max_accuracy_drop_pp = a.max_accuracy_drop;
+    o.max_class_recall_drop_pp = a.max_class_recall_drop;
+    o.min_class_support = a.min_class_support;
+    o.alpha = a.alpha;
+    o.max_throughput_drop_pct = a.max_throughput_drop;
+    o.allow_partial = a.allow_partial;
+    let r = vit_batch::compare::compare(&o).context("compare failed")?;
+    if let Some(p) = &a.json {
+        r.write_json(p).context("writing the JSON report")?;
+    }
+    if let Some(p) = &a.markdown {
+        r.write_markdown(p)
+            .context("writing the Markdown summary")?;
+    }
+    if let Some(p) = &a.junit {
+        r.write_junit(p).context("writing the JUnit XML")?;
+    }
+    Ok(print_verdict(&r))
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Pipeline file (TOML). Relative paths inside it are resolved against the
+    /// current directory: run from the repository root.
+    pipeline: PathBuf,
+    /// Validate the pipeline and print its stages without running them.
+    #[arg(long)]
+    check: bool,
+    /// No progress output (the verdict is still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn run_pipeline(a: RunArgs) -> Result<i32> {
+    let plan = vit_batch::pipeline::load(&a.pipeline)?;
+    if a.check {
+        println!(
+            "vit-batch run: {} is valid: {}",
+            a.pipeline.display(),
+            plan.stages
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+        for n in &plan.notes {
+            println!("  note: {n}");
+        }
+        return Ok(EXIT_OK);
+    }
+    let out = vit_batch::pipeline::run(&plan, a.quiet)
+        .with_context(|| format!("pipeline {} failed", plan.name))?;
+    Ok(match &out.gate {
+        Some(r) => print_verdict(r),
+        None => {
+            println!(
+                "vit-batch run: {} done ({})",
+                plan.name,
+                out.ran.join(" -> ")
+            );
+            EXIT_OK
+        }
+    })
+}
+
+// ---- end compare / run -----------------------------------------------------------
+
 // ---- train (owner: train) ------------------------------------------------------
 
 #[derive(Args)]
@@ -355,7 +495,7 @@ fn train(a: TrainArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-// ---- end train / export ------------------------------------------------------------
+// ---- end train ------------------------------------------------------------
 
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -368,6 +508,8 @@ pub fn main() -> i32 {
     };
     let r = match cli.cmd {
         Cmd::Score(a) => score(a),
+        Cmd::Compare(a) => compare(a),
+        Cmd::Run(a) => run_pipeline(a),
         Cmd::Export(a) => export(a),
         Cmd::Merge(a) => merge(a),
         Cmd::Train(a) => train(a),

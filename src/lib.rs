@@ -3,12 +3,14 @@
 //! One module per pipeline stage. Library modules never see CLI flags: the binary
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
+pub mod compare;
 pub mod error;
 pub mod export;
 pub mod infer;
 pub mod merge;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
 pub mod record;
 pub mod runtime;

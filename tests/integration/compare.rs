@@ -1,0 +1,666 @@
+//! `vit-batch compare` (the regression gate), tested on real run folders.
+//!
+//! Why it exists: the gate decides CI outcomes, so its statistics are checked against
+//! an independent implementation (statsmodels, via `fixtures/mcnemar_cases.csv`) and
+//! its verdicts against real runs of the real binary: an identical re-run, a change
+//! that flips a couple of images both ways, and a degraded model (two rows of the
+//! classifier head swapped in `model.onnx`) that must fail with exit 1 and name the
+//! images it broke — exactly those, computed independently from the baseline rows.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use prost::Message;
+use vit_batch::compare::mcnemar_exact_p;
+use vit_batch::export::{export, ExportOptions, ExportSource};
+use vit_batch::onnx::ModelProto;
+use vit_batch::record::{read_parquet, write_parquet, Row};
+
+use crate::util;
+
+// ---------------------------------------------------------------------------
+// (a) McNemar vs statsmodels
+
+#[test]
+fn mcnemar_matches_statsmodels_table() {
+    let path = util::fixtures().join("mcnemar_cases.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut n = 0;
+    let mut seen = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.starts_with("b,") || line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        let (b, c, p): (u64, u64, f64) = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        );
+        let got = mcnemar_exact_p(b, c);
+        assert!(
+            (got - p).abs() <= 1e-9,
+            "McNemar b={b} c={c}: vit-batch {got:e}, statsmodels {p:e}"
+        );
+        // Relative agreement too, where the reference is not underflowed.
+        if p > 1e-290 {
+            assert!(
+                ((got - p) / p).abs() < 1e-7,
+                "McNemar b={b} c={c}: relative error, vit-batch {got:e}, statsmodels {p:e}"
+            );
+        }
+        seen.insert((b, c));
+        n += 1;
+    }
+    assert!(n >= 30, "only {n} cases in {}", path.display());
+    // The table covers the cases the brief names.
+    for must in [(0, 0), (5000, 5200), (2, 10), (1000, 1)] {
+        assert!(seen.contains(&must), "table lacks {must:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real runs: a seeded preset model exported by the library, scored by the binary.
+
+const CLASSES: usize = 10;
+
+/// Export the `vit-micro` preset (seeded random init) with class names "0".."9".
+fn export_model(dir: &Path, seed: u64) {
+    export(&ExportOptions::new(
+        ExportSource::Preset {
+            name: "vit-micro".into(),
+            seed,
+            num_labels: CLASSES,
+        },
+        dir,
+    ))
+    .expect("export preset");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let id2label: serde_json::Map<String, serde_json::Value> = (0..CLASSES)
+        .map(|i| (i.to_string(), serde_json::Value::String(i.to_string())))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = (0..CLASSES)
+        .map(|i| (i.to_string(), serde_json::json!(i)))
+        .collect();
+    cfg["id2label"] = serde_json::Value::Object(id2label);
+    cfg["label2id"] = serde_json::Value::Object(label2id);
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+}
+
+/// Copy a model folder and swap classes `a` and `b` in its classifier head (rows of
+/// the weight and entries of the bias feeding the `logits` output), in the ONNX
+/// initializers themselves. Every image the original predicts as `a` is then
+/// predicted as `b` and vice versa; nothing else changes.
+pub fn swap_head_classes(src: &Path, dst: &Path, a: usize, b: usize) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.onnx")).unwrap();
+    let mut m = ModelProto::decode(bytes.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let node = g
+        .node
+        .iter()
+        .find(|n| n.output.iter().any(|o| o == "logits"))
+        .expect("a node producing logits");
+    assert_eq!(node.op_type(), "Gemm", "head is {:?}", node.op_type());
+    let trans_b = node
+        .attribute
+        .iter()
+        .any(|at| at.name() == "transB" && at.i() == 1);
+    let (wname, bname) = (node.input[1].clone(), node.input[2].clone());
+    let mut swapped = 0;
+    for t in g.initializer.iter_mut() {
+        let name = t.name().to_string();
+        if name != wname && name != bname {
+            continue;
+        }
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let mut vals: Vec<f32> = if !t.raw_data().is_empty() {
+            t.raw_data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        } else {
+            t.float_data.clone()
+        };
+        if name == bname {
+            assert_eq!(dims, vec![CLASSES]);
+            vals.swap(a, b);
+        } else if trans_b {
+            // [C, hidden]: swap rows.
+            let h = dims[1];
+            for j in 0..h {
+                vals.swap(a * h + j, b * h + j);
+            }
+        } else {
+            // [hidden, C]: swap columns.
+            let c = dims[1];
+            for i in 0..dims[0] {
+                vals.swap(i * c + a, i * c + b);
+            }
+        }
+        if !t.raw_data().is_empty() {
+            t.raw_data = Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect());
+        } else {
+            t.float_data = vals;
+        }
+        swapped += 1;
+    }
+    assert_eq!(swapped, 2, "classifier weight and bias initializers");
+    std::fs::write(dst.join("model.onnx"), m.encode_to_vec()).unwrap();
+}
+
+/// `vit-batch score DATA --model MODEL --out OUT`, asserting success.
+pub fn score(data: &Path, model: &Path, out: &Path) {
+    let o = util::bin()
+        .args(["score"])
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .args(["--quiet", "--threads", "2", "--overwrite"])
+        .output()
+        .unwrap();
+    util::assert_no_panic(&o);
+    assert!(o.status.success(), "score failed: {}", util::stderr(&o));
+}
+
+fn digits_test() -> PathBuf {
+    util::fixtures().join("digits/test")
+}
+
+/// One model, two runs of it on the digits test set, and a run on a relabelled copy
+/// of the test set that the model mostly gets right; shared by the tests below
+/// (scoring is the slow part).
+struct Shared {
+    _tmp: tempfile::TempDir,
+    model: PathBuf,
+    run1: PathBuf,
+    run2: PathBuf,
+    /// The relabelled dataset and the model's run on it.
+    data: PathBuf,
+    base: PathBuf,
+}
+
+fn shared() -> &'static Shared {
+    static S: OnceLock<Shared> = OnceLock::new();
+    S.get_or_init(|| {
+        let tmp = util::tempdir();
+        let root = tmp.path().to_path_buf();
+        let model = root.join("model");
+        export_model(&model, 7);
+        let (run1, run2) = (root.join("run1"), root.join("run2"));
+        score(&digits_test(), &model, &run1);
+        score(&digits_test(), &model, &run2);
+        // A seeded random init is no digit classifier (it may predict one class for
+        // nearly everything), so build data it is good at: the fixture images filed
+        // under the class it predicts for them (same pixels, same predictions),
+        // except every 10th, filed under the next class (so some rows are wrong).
+        let data = root.join("data");
+        let rows = read_parquet(&run1.join("predictions.parquet")).unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            let mut class = r.pred_id.expect("scored") as usize;
+            if i % 10 == 9 {
+                class = (class + 1) % CLASSES;
+            }
+            let dst = data.join(class.to_string()).join(r.path.replace('/', "_"));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(digits_test().join(&r.path), &dst).unwrap();
+        }
+        let base = root.join("base");
+        score(&data, &model, &base);
+        Shared {
+            _tmp: tmp,
+            model,
+            run1,
+            run2,
+            data,
+            base,
+        }
+    })
+}
+
+pub fn compare_cmd(base: &Path, cand: &Path, extra: &[&str]) -> Output {
+    let o = util::bin()
+        .arg("compare")
+        .arg(base)
+        .arg(cand)
+        .args(extra)
+        .output()
+        .unwrap();
+    util::assert_no_panic(&o);
+    o
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn paths(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Check JUnit XML with Python's XML parser (well-formedness) and return
+/// (testcase name, has failure, has skipped) per testcase.
+pub fn junit_cases(path: &Path) -> Vec<(String, bool, bool)> {
+    let script = r#"
+import sys, xml.dom.minidom as m
+d = m.parse(sys.argv[1])
+suites = d.getElementsByTagName("testsuite")
+assert len(suites) == 1, len(suites)
+s = suites[0]
+cases = s.getElementsByTagName("testcase")
+assert int(s.getAttribute("tests")) == len(cases)
+assert int(s.getAttribute("failures")) == sum(1 for c in cases if c.getElementsByTagName("failure"))
+for c in cases:
+    f = 1 if c.getElementsByTagName("failure") else 0
+    k = 1 if c.getElementsByTagName("skipped") else 0
+    print(c.getAttribute("name"), f, k)
+"#;
+    let o = std::process::Command::new(util::venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "JUnit XML {} is not well-formed: {}\n{}",
+        path.display(),
+        util::stderr(&o),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+    stdout(&o)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_string(), f[1] == "1", f[2] == "1")
+        })
+        .collect()
+}
+
+const GATES: [&str; 4] = ["accuracy", "class_recall", "mcnemar", "throughput"];
+
+fn assert_one_testcase_per_gate(cases: &[(String, bool, bool)]) {
+    let names: Vec<&str> = cases.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, GATES, "one testcase per gate");
+}
+
+/// Copy a run folder's metrics.json and write `rows` as its predictions.
+fn write_run(src: &Path, dst: &Path, rows: &[Row]) {
+    std::fs::create_dir_all(dst).unwrap();
+    std::fs::copy(src.join("metrics.json"), dst.join("metrics.json")).unwrap();
+    write_parquet(&dst.join("predictions.parquet"), rows).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// (b) gate behaviour
+
+#[test]
+fn identical_rerun_passes() {
+    let s = shared();
+    let out = util::tempdir();
+    let (j, md, x) = (
+        out.path().join("r.json"),
+        out.path().join("r.md"),
+        out.path().join("r.xml"),
+    );
+    let o = compare_cmd(
+        &s.run1,
+        &s.run2,
+        &[
+            "--json",
+            j.to_str().unwrap(),
+            "--markdown",
+            md.to_str().unwrap(),
+            "--junit",
+            x.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    assert!(stdout(&o).contains("PASS"), "{}", stdout(&o));
+    let r = read_json(&j);
+    assert_eq!(r["verdict"], "pass");
+    assert_eq!(r["mcnemar"]["b"], 0);
+    assert_eq!(r["mcnemar"]["c"], 0);
+    assert_eq!(r["mcnemar"]["p_value"], 1.0);
+    assert_eq!(r["coverage"]["compared"], 360);
+    assert_eq!(r["coverage"]["partial"], false);
+    assert_eq!(r["accuracy"]["drop_pp"], 0.0);
+    // Same numbers as the runs' own metrics.json (no failed rows here).
+    let m = read_json(&s.run1.join("metrics.json"));
+    assert_eq!(r["accuracy"]["baseline"], m["top1"]);
+    let cases = junit_cases(&x);
+    assert_one_testcase_per_gate(&cases);
+    assert!(cases.iter().all(|c| !c.1), "no failure: {cases:?}");
+    // The throughput gate is off by default.
+    assert!(cases[3].2, "throughput skipped: {cases:?}");
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.contains("PASS") && md.contains("| mcnemar |"), "{md}");
+}
+
+/// Right → wrong for `bad` rows and wrong → right for `good` rows of `rows`.
+fn flip_rows(rows: &mut [Row], bad: &[usize], good: &[usize]) {
+    for &i in bad {
+        let r = &mut rows[i];
+        let wrong = (r.label_id.unwrap() + 1) % CLASSES as u32;
+        r.pred_id = Some(wrong);
+        r.pred = Some(wrong.to_string());
+        r.correct = Some(false);
+    }
+    for &i in good {
+        let r = &mut rows[i];
+        r.pred_id = r.label_id;
+        r.pred = Some(r.label.clone());
+        r.correct = Some(true);
+    }
+}
+
+/// Indices of `n` rows that are right (or wrong), in distinct classes where possible.
+fn pick(rows: &[Row], right: bool, n: usize) -> Vec<usize> {
+    let cands: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].correct == Some(right))
+        .collect();
+    let mut classes = BTreeSet::new();
+    let mut out: Vec<usize> = cands
+        .iter()
+        .copied()
+        .filter(|&i| classes.insert(rows[i].label.clone()))
+        .take(n)
+        .collect();
+    for &i in &cands {
+        if out.len() == n {
+            break;
+        }
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    assert_eq!(out.len(), n, "not enough rows with correct = {right}");
+    out
+}
+
+#[test]
+fn a_couple_of_flips_both_ways_pass_and_are_listed() {
+    let s = shared();
+    let mut rows = read_parquet(&s.base.join("predictions.parquet")).unwrap();
+    let bad = pick(&rows, true, 2);
+    let good = pick(&rows, false, 2);
+    let want_bad: BTreeSet<String> = bad.iter().map(|&i| rows[i].path.clone()).collect();
+    let want_good: BTreeSet<String> = good.iter().map(|&i| rows[i].path.clone()).collect();
+    flip_rows(&mut rows, &bad, &good);
+    let t = util::tempdir();
+    let cand = t.path().join("cand");
+    write_run(&s.base, &cand, &rows);
+    let j = t.path().join("r.json");
+    let o = compare_cmd(&s.base, &cand, &["--json", j.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    let r = read_json(&j);
+    assert_eq!(paths(&r["regressions"]), want_bad);
+    assert_eq!(paths(&r["fixes"]), want_good);
+    assert_eq!(r["mcnemar"]["b"], 2);
+    assert_eq!(r["mcnemar"]["c"], 2);
+    for f in r["regressions"].as_array().unwrap() {
+        assert_ne!(f["baseline_pred"], f["candidate_pred"]);
+        assert_eq!(f["baseline_pred"], f["label"]);
+    }
+
+    // Two flips one way only on 360 images: 0.56 pp > 0.5 pp allowed -> accuracy
+    // fails; McNemar does not (p = 0.5); no class loses 5 pp (distinct classes, or
+    // one big class).
+    let mut rows = read_parquet(&s.base.join("predictions.parquet")).unwrap();
+    flip_rows(&mut rows, &bad, &[]);
+    let cand2 = t.path().join("cand2");
+    write_run(&s.base, &cand2, &rows);
+    let x = t.path().join("r.xml");
+    let o = compare_cmd(&s.base, &cand2, &["--junit", x.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    let cases = junit_cases(&x);
+    assert_one_testcase_per_gate(&cases);
+    let failed: Vec<&str> = cases.iter().filter(|c| c.1).map(|c| c.0.as_str()).collect();
+    assert_eq!(failed, ["accuracy"]);
+    // ...and passes with a looser allowance.
+    let o = compare_cmd(&s.base, &cand2, &["--max-accuracy-drop", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn degraded_model_fails_and_names_the_broken_images() {
+    let s = shared();
+    let t = util::tempdir();
+    let (data, base) = (&s.data, &s.base);
+    let base_rows = read_parquet(&base.join("predictions.parquet")).unwrap();
+    let right = base_rows.iter().filter(|r| r.correct == Some(true)).count();
+    assert!(
+        right * 100 >= base_rows.len() * 85,
+        "baseline should be mostly right on its relabelled data: {right}/{}",
+        base_rows.len()
+    );
+    // Degrade: swap the two classes the model predicts most in its head.
+    let mut counts = [0usize; CLASSES];
+    for r in &base_rows {
+        counts[r.pred_id.unwrap() as usize] += 1;
+    }
+    let mut order: Vec<usize> = (0..CLASSES).collect();
+    order.sort_by_key(|&c| std::cmp::Reverse(counts[c]));
+    let (a, b) = (order[0], order[1]);
+    let degraded = t.path().join("degraded");
+    swap_head_classes(&s.model, &degraded, a, b);
+    let cand = t.path().join("cand");
+    score(data, &degraded, &cand);
+    // Independent expectation: exactly the right rows the baseline predicted as a or b.
+    let want: BTreeSet<String> = base_rows
+        .iter()
+        .filter(|r| {
+            r.correct == Some(true)
+                && matches!(r.pred_id, Some(p) if p as usize == a || p as usize == b)
+        })
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(want.len() >= 20, "swap affects {} images", want.len());
+
+    let (j, md, x) = (
+        t.path().join("r.json"),
+        t.path().join("r.md"),
+        t.path().join("r.xml"),
+    );
+    let o = compare_cmd(
+        base,
+        &cand,
+        &[
+            "--json",
+            j.to_str().unwrap(),
+            "--markdown",
+            md.to_str().unwrap(),
+            "--junit",
+            x.to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", util::stderr(&o));
+    assert!(out.contains("FAIL"), "{out}");
+    let first = want.iter().next().unwrap();
+    assert!(out.contains(first.as_str()), "stdout names {first}: {out}");
+    let r = read_json(&j);
+    assert_eq!(r["verdict"], "fail");
+    assert_eq!(paths(&r["regressions"]), want, "flipped images");
+    for f in r["regressions"].as_array().unwrap() {
+        let (bp, cp) = (
+            f["baseline_pred"].as_str().unwrap(),
+            f["candidate_pred"].as_str().unwrap(),
+        );
+        let (sa, sb) = (a.to_string(), b.to_string());
+        assert!(
+            (bp == sa && cp == sb) || (bp == sb && cp == sa),
+            "{bp} -> {cp}"
+        );
+    }
+    assert_eq!(r["mcnemar"]["b"], want.len());
+    assert!(r["mcnemar"]["p_value"].as_f64().unwrap() < 1e-5);
+    let cases = junit_cases(&x);
+    assert_one_testcase_per_gate(&cases);
+    for name in ["accuracy", "class_recall", "mcnemar"] {
+        assert!(
+            cases.iter().any(|c| c.0 == name && c.1),
+            "{name} fails: {cases:?}"
+        );
+    }
+    let xml = std::fs::read_to_string(&x).unwrap();
+    assert!(xml.contains(first.as_str()), "JUnit names {first}");
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("REGRESSION") && md.contains(first.as_str()),
+        "{md}"
+    );
+}
+
+#[test]
+fn throughput_gate_is_opt_in() {
+    let s = shared();
+    let t = util::tempdir();
+    let cand = t.path().join("slow");
+    std::fs::create_dir_all(&cand).unwrap();
+    std::fs::copy(
+        s.run1.join("predictions.parquet"),
+        cand.join("predictions.parquet"),
+    )
+    .unwrap();
+    let mut m = read_json(&s.run1.join("metrics.json"));
+    let ips = m["throughput"]["images_per_s"].as_f64().unwrap();
+    assert!(ips > 0.0);
+    m["throughput"]["images_per_s"] = serde_json::json!(ips * 0.5);
+    std::fs::write(cand.join("metrics.json"), m.to_string()).unwrap();
+    let o = compare_cmd(&s.run1, &cand, &[]);
+    assert_eq!(o.status.code(), Some(0), "off by default: {}", stdout(&o));
+    let x = t.path().join("r.xml");
+    let o = compare_cmd(
+        &s.run1,
+        &cand,
+        &[
+            "--max-throughput-drop",
+            "20",
+            "--junit",
+            x.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let failed: Vec<String> = junit_cases(&x)
+        .into_iter()
+        .filter(|c| c.1)
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(failed, ["throughput"]);
+    let o = compare_cmd(&s.run1, &cand, &["--max-throughput-drop", "60"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn different_image_sets_need_allow_partial() {
+    let s = shared();
+    let t = util::tempdir();
+    let rows = read_parquet(&s.run1.join("predictions.parquet")).unwrap();
+    let cand = t.path().join("part");
+    write_run(&s.run1, &cand, &rows[..300]);
+    let o = compare_cmd(&s.run1, &cand, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let e = util::stderr(&o);
+    assert!(
+        e.contains("60 only in the baseline") && e.contains("--allow-partial"),
+        "{e}"
+    );
+    assert!(e.contains(&rows[300].path), "names an example: {e}");
+    let j = t.path().join("r.json");
+    let o = compare_cmd(
+        &s.run1,
+        &cand,
+        &["--allow-partial", "--json", j.to_str().unwrap()],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    assert!(stdout(&o).contains("partial"), "{}", stdout(&o));
+    let r = read_json(&j);
+    assert_eq!(r["coverage"]["matched"], 300);
+    assert_eq!(r["coverage"]["only_baseline"], 60);
+    assert_eq!(r["coverage"]["partial"], true);
+    let frac = r["coverage"]["fraction"].as_f64().unwrap();
+    assert!((frac - 300.0 / 360.0).abs() < 1e-12);
+}
+
+#[test]
+fn bad_inputs_exit_2_and_say_why() {
+    let s = shared();
+    let t = util::tempdir();
+    let missing = t.path().join("no-such-run");
+    let o = compare_cmd(&s.run1, &missing, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        util::stderr(&o).contains("no-such-run"),
+        "{}",
+        util::stderr(&o)
+    );
+
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = compare_cmd(&empty, &s.run1, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = util::stderr(&o);
+    assert!(e.contains("baseline") && e.contains("metrics.json"), "{e}");
+
+    // The same image under a different label: the dataset changed.
+    let mut rows = read_parquet(&s.run1.join("predictions.parquet")).unwrap();
+    rows[5].label = "elsewhere".into();
+    let cand = t.path().join("relabelled");
+    write_run(&s.run1, &cand, &rows);
+    let o = compare_cmd(&s.run1, &cand, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        util::stderr(&o).contains(&rows[5].path),
+        "{}",
+        util::stderr(&o)
+    );
+
+    let o = compare_cmd(&s.run1, &s.run2, &["--alpha", "1.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(util::stderr(&o).contains("alpha"), "{}", util::stderr(&o));
+}
