@@ -9,6 +9,12 @@
 //! projection → residual; LayerNorm → MLP with GELU → residual) → final LayerNorm →
 //! [CLS] → classifier → `logits`.
 //!
+//! One exact shortcut: only the [CLS] (and distillation) token is read after the last
+//! block, and every step after attention is per token, so the last block computes
+//! queries, attention rows, projection and MLP for those tokens only (keys and values
+//! still from all tokens). Skipped when `with_attentions` asks for every query's
+//! attention row.
+//!
 //! Two variants:
 //! - [`GraphVariant::Standard`]: only default-domain ONNX ops. The token stream is
 //!   kept as a 2-D `[batch*S, D]` matrix so every Linear is one `Gemm` with
@@ -18,7 +24,8 @@
 //!   weight is the one tensor we re-lay out, a copy of 3·D² floats per layer) and
 //!   `Gelu`/`FastGelu`. With `with_attentions` the attention probabilities must be
 //!   graph outputs, which the fused `Attention` kernel does not expose, so that
-//!   variant keeps the unfused attention and fuses only GELU.
+//!   variant keeps the unfused attention and fuses only GELU. The last block always
+//!   uses the unfused attention, restricted to the [CLS] query (see below).
 //!   `SkipLayerNormalization` (residual add + LayerNorm) is deliberately NOT used: on
 //!   ONNX Runtime 1.31's CPU provider it measured about 4x slower than `Add` +
 //!   `LayerNormalization` for ViT-Ti shapes ([1576, 192]: 3.8 ms vs 0.9 ms, 2 threads).
@@ -194,20 +201,20 @@ pub fn build_vit<'b>(
     // The encoder works on a [B*S, D] matrix (Gemm wants 2-D); attention reshapes.
     let shape_2d = g.const_i64("shape_rows_d", &[-1, d], false);
     let shape_bsd = g.const_i64("shape_b_s_d", &[-1, s, d], false);
-    // Only the unfused attention reads these (no unused initializers in the model).
-    let (shape_bshd, scale) = if fused && !opts.with_attentions {
-        (String::new(), String::new())
-    } else {
-        (
-            g.const_i64("shape_b_s_h_dh", &[-1, s, heads, dh], false),
-            g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]),
-        )
-    };
+    let shape_bshd = g.const_i64("shape_b_s_h_dh", &[-1, s, heads, dh], false);
+    let scale = g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]);
     let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
 
-    let fused_attention = fused && !opts.with_attentions;
+    // Only the [CLS] (and distillation) token leaves the last block, so that block
+    // computes queries, attention, projection and MLP for those `n_extra` rows only
+    // (keys and values still come from every token): exact, and about 1/L less work.
+    // Not with attention outputs, which need every query of the last layer too.
+    let nl = weights.layers.len();
+    let mut rows_out = s;
     for (i, l) in weights.layers.iter().enumerate() {
         let pre = format!("layer{i}");
+        let cls_only = i + 1 == nl && !opts.with_attentions;
+        let fused_attention = fused && !opts.with_attentions && !cls_only;
         // 5a. LayerNorm before attention.
         let ln1 = layer_norm(
             &mut g,
@@ -251,9 +258,32 @@ pub fn build_vit<'b>(
                 &format!("{pre}.attn.context_2d"),
             )
         } else {
+            // Query rows: every token, or the leading n_extra tokens in the last block.
+            let (q_in, q_shape) = if cls_only {
+                let starts = g.const_i64("slice_starts", &[0], false);
+                let ends = g.const_i64("slice_ends", &[n_extra], false);
+                let axes = g.const_i64("slice_axes", &[1], false);
+                let take = |g: &mut GraphBuilder<'b>, x: &str, name: &str| {
+                    let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
+                    let sl = g.op(
+                        "Slice",
+                        &[&x3, &starts, &ends, &axes],
+                        &[],
+                        &format!("{name}_cls3d"),
+                    );
+                    g.op("Reshape", &[&sl, &shape_2d], &[], &format!("{name}_cls"))
+                };
+                let q_in = take(&mut g, &ln1, &format!("{pre}.ln_before"));
+                h = take(&mut g, &h, &format!("hidden_{i}"));
+                rows_out = n_extra;
+                let q_shape = g.const_i64("shape_b_e_h_dh", &[-1, n_extra, heads, dh], false);
+                (q_in, q_shape)
+            } else {
+                (ln1.clone(), shape_bshd.clone())
+            };
             let q = linear(
                 &mut g,
-                &ln1,
+                &q_in,
                 &format!("{pre}.attn.query"),
                 &l.q_w,
                 l.q_b.as_ref(),
@@ -272,19 +302,20 @@ pub fn build_vit<'b>(
                 &l.v_w,
                 l.v_b.as_ref(),
             );
-            let split = |g: &mut GraphBuilder<'b>, t: &str, perm: Vec<i64>, name: &str| {
-                let r = g.op("Reshape", &[t, &shape_bshd], &[], &format!("{name}_4d"));
-                g.op(
-                    "Transpose",
-                    &[&r],
-                    &[("perm", Attr::Ints(perm))],
-                    &format!("{name}_heads"),
-                )
-            };
+            let split =
+                |g: &mut GraphBuilder<'b>, t: &str, shape: &str, perm: Vec<i64>, name: &str| {
+                    let r = g.op("Reshape", &[t, shape], &[], &format!("{name}_4d"));
+                    g.op(
+                        "Transpose",
+                        &[&r],
+                        &[("perm", Attr::Ints(perm))],
+                        &format!("{name}_heads"),
+                    )
+                };
             // [B, H, S, dh], Kᵀ as [B, H, dh, S]
-            let qh = split(&mut g, &q, vec![0, 2, 1, 3], &q);
-            let kt = split(&mut g, &k, vec![0, 2, 3, 1], &k);
-            let vh = split(&mut g, &v, vec![0, 2, 1, 3], &v);
+            let qh = split(&mut g, &q, &q_shape, vec![0, 2, 1, 3], &q);
+            let kt = split(&mut g, &k, &shape_bshd, vec![0, 2, 3, 1], &k);
+            let vh = split(&mut g, &v, &shape_bshd, vec![0, 2, 1, 3], &v);
             let scores = g.op(
                 "MatMul",
                 &[&qh, &kt],
@@ -382,7 +413,8 @@ pub fn build_vit<'b>(
     //    the [CLS] head and the distillation head). LayerNorm is per token, so taking
     //    the token first and normalising it equals normalising all tokens.
     let seq_out = h;
-    let h3 = g.op("Reshape", &[&seq_out, &shape_bsd], &[], "last_hidden_state");
+    let shape_out = g.const_i64("shape_b_rows_d", &[-1, rows_out, d], false);
+    let h3 = g.op("Reshape", &[&seq_out, &shape_out], &[], "last_hidden_state");
     let mut head_logits = Vec::new();
     for (k, (hw, hb)) in weights.heads.iter().enumerate() {
         let idx = g.const_i64(&format!("token_{k}"), &[k as i64], true);

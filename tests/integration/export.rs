@@ -791,3 +791,110 @@ fn export_passes_onnx_checker_both_variants() {
         "checker accepted a graph with a dangling input"
     );
 }
+
+// ---------------------------------------------------------------- graph shape, opsets
+
+fn op_types(model: &Path) -> Vec<(String, String)> {
+    use prost::Message;
+    let m = vit_batch::onnx::ModelProto::decode(std::fs::read(model).unwrap().as_slice()).unwrap();
+    m.graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| {
+            (
+                n.domain.clone().unwrap_or_default(),
+                n.op_type.clone().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn export_variants_use_the_ops_they_claim() {
+    let tmp = util::tempdir();
+    let src = || ExportSource::Preset {
+        name: "vit-micro".into(),
+        seed: 1,
+        num_labels: 3,
+    };
+    let count = |ops: &[(String, String)], dom: &str, op: &str| {
+        ops.iter().filter(|(d, o)| d == dom && o == op).count()
+    };
+    let mut o = ExportOptions::new(src(), tmp.path().join("std"));
+    o.variant = GraphVariant::Standard;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("std/model.onnx"));
+    assert!(
+        ops.iter().all(|(d, _)| d.is_empty()),
+        "Standard uses only the default domain"
+    );
+    assert_eq!(count(&ops, "", "Softmax"), 4);
+    assert_eq!(count(&ops, "", "Erf"), 4);
+    let mut o = ExportOptions::new(src(), tmp.path().join("fused"));
+    o.variant = GraphVariant::Fused;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("fused/model.onnx"));
+    // vit-micro has 4 blocks; the last one attends from [CLS] only (unfused).
+    assert_eq!(count(&ops, "com.microsoft", "Attention"), 3);
+    assert_eq!(count(&ops, "com.microsoft", "Gelu"), 4);
+    assert_eq!(count(&ops, "", "Softmax"), 1);
+    assert_eq!(
+        count(&ops, "", "Slice"),
+        2,
+        "last block: [CLS] rows of LN output and residual"
+    );
+    // With attention outputs the fused variant keeps the unfused attention.
+    o.with_attentions = true;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("fused/model.onnx"));
+    assert_eq!(
+        (
+            count(&ops, "com.microsoft", "Attention"),
+            count(&ops, "", "Softmax")
+        ),
+        (0, 4)
+    );
+}
+
+#[test]
+fn export_other_opsets_give_the_same_logits() {
+    let tmp = util::tempdir();
+    let px = random_pixels(2, 32, 5);
+    let mut base = None;
+    for opset in [18, 17, 21] {
+        let out = tmp.path().join(format!("o{opset}"));
+        let mut o = ExportOptions::new(
+            ExportSource::Preset {
+                name: "vit-micro".into(),
+                seed: 2,
+                num_labels: 3,
+            },
+            &out,
+        );
+        o.opset = opset;
+        export(&o).unwrap();
+        let got = run(&mut session(&out.join("model.onnx")), &px)
+            .remove("logits")
+            .unwrap();
+        match &base {
+            None => base = Some(got),
+            Some(b) => assert_eq!(&got, b, "opset {opset}"),
+        }
+    }
+}
+
+#[test]
+fn export_config_without_labels_takes_them_from_the_head() {
+    let spec = vit_spec();
+    let mut cfg = config_json("vit", &spec);
+    cfg.as_object_mut().unwrap().remove("id2label");
+    let tmp = util::tempdir();
+    let ck = tmp.path().join("ck");
+    write_checkpoint(&ck, &cfg, &random_hf_tensors("vit", &spec, 4));
+    let s = export_ck(&ck, &tmp.path().join("out")).unwrap();
+    assert_eq!(s.num_labels, 7);
+    let out_cfg =
+        vit_batch::vit::VitConfig::from_file(&tmp.path().join("out/config.json")).unwrap();
+    assert_eq!(out_cfg.labels().unwrap()[6], "LABEL_6");
+}
