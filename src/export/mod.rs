@@ -46,15 +46,16 @@ pub enum ExportSource {
     },
 }
 
-/// Which operators the graph uses. The default is the variant measured fastest with
-/// logits within 1e-4 (see BENCHMARKS.md, ## Export).
+/// Which operators the graph uses. The default is the variant measured fastest on
+/// ONNX Runtime with logits within 1e-4 of PyTorch: `Fused` (see BENCHMARKS.md,
+/// ## Export). Choose `Standard` for other ONNX runtimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GraphVariant {
     /// Default-domain ONNX operators only (runs on any ONNX runtime).
-    #[default]
     Standard,
-    /// ONNX Runtime `com.microsoft` contrib ops (Attention, SkipLayerNormalization,
-    /// Gelu): faster on ONNX Runtime, not portable to other runtimes.
+    /// ONNX Runtime `com.microsoft` contrib ops (`Attention`, `Gelu`/`FastGelu`):
+    /// faster on ONNX Runtime, not loadable by runtimes without those ops.
+    #[default]
     Fused,
 }
 

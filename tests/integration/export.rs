@@ -898,3 +898,82 @@ fn export_config_without_labels_takes_them_from_the_head() {
         vit_batch::vit::VitConfig::from_file(&tmp.path().join("out/config.json")).unwrap();
     assert_eq!(out_cfg.labels().unwrap()[6], "LABEL_6");
 }
+
+/// Copy fixtures/hf-parity/timm into `dir`, adding `extra` tensors and editing config.json.
+fn timm_variant(
+    dir: &Path,
+    extra: &[(&str, Vec<usize>)],
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let src = util::fixtures().join("hf-parity/timm");
+    std::fs::create_dir_all(dir).unwrap();
+    let buf = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let zeros: Vec<Vec<u8>> = extra
+        .iter()
+        .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+        .collect();
+    let mut views = st.tensors();
+    for ((n, s), z) in extra.iter().zip(&zeros) {
+        views.push((
+            n.to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), z).unwrap(),
+        ));
+    }
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn export_timm_unsupported_features_are_refused() {
+    let tmp = util::tempdir();
+    let ck = tmp.path().join("fcnorm");
+    timm_variant(
+        &ck,
+        &[("fc_norm.weight", vec![32]), ("fc_norm.bias", vec![32])],
+        |_| {},
+    );
+    let e = export_ck(&ck, &tmp.path().join("o1")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("fc_norm")),
+        "{e}"
+    );
+    let ck = tmp.path().join("ls");
+    timm_variant(&ck, &[("blocks.0.ls1.gamma", vec![32])], |_| {});
+    let e = export_ck(&ck, &tmp.path().join("o2")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("layer scale")),
+        "{e}"
+    );
+    // Heads cannot be read from weights: without model_args.num_heads, the name decides.
+    let ck = tmp.path().join("noheads");
+    timm_variant(&ck, &[], |c| {
+        c.as_object_mut().unwrap().remove("model_args");
+        c["architecture"] = json!("vit_custom_patch8");
+    });
+    let e = export_ck(&ck, &tmp.path().join("o3")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Config { what } if what.contains("num_heads")),
+        "{e}"
+    );
+    let ck = tmp.path().join("avgpool");
+    timm_variant(&ck, &[], |c| c["global_pool"] = json!("avg"));
+    let e = export_ck(&ck, &tmp.path().join("o4")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("global_pool")),
+        "{e}"
+    );
+    // An unknown extra tensor is exported and reported.
+    let ck = tmp.path().join("extra");
+    timm_variant(&ck, &[("aux_head.weight", vec![2, 32])], |_| {});
+    let s = export_ck(&ck, &tmp.path().join("o5")).unwrap();
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(s.warnings[0].contains("aux_head.weight"));
+}
