@@ -7,13 +7,13 @@ Runtime as the graph `torch.onnx.export` writes for the same model and weights, 
 logits within 1e-4. This script measures both on the current machine.
 
 Needs the torch venv (torch, transformers, onnxruntime 1.31.1, onnxscript); see
-scripts/fixtures/make_hf_parity.py. Run from the repo root:
-    cargo build --release --example export
+scripts/fixtures/make_hf_parity.py. It builds the exporter example itself. Run:
     /work/.venvs/torch/bin/python benches/export_bench.py [--work /tmp/vit-export-bench]
         [--models ti,s] [--batch 8] [--threads 2] [--runs 10]
 
-1. Export time + peak RSS (getrusage of the export process) of vit-base-patch16-224,
-   random init (preset), for both variants.
+1. Export time + peak RSS (/usr/bin/time -v of the export process) of
+   vit-base-patch16-224, random init (preset), for both variants; then the same
+   architecture exported from an HF checkpoint folder (memory-mapped weights).
 2. For ViT-Ti/16 and ViT-S/16 at 224: a random-init HF ViTForImageClassification
    (1000 classes) is saved with save_pretrained; torch.onnx.export writes its graph
    (opset 18, dynamic batch); our exporter writes Standard and Fused graphs from the
@@ -35,8 +35,24 @@ import sys
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-EXPORTER = os.path.join(TARGET, "release", "examples", "export")
+EXPORTER = None  # set by build_exporter()
+
+
+def build_exporter():
+    """`cargo build --release --example export`; the binary's path from cargo itself
+    (so whatever target dir cargo uses, the benchmark runs the current code)."""
+    global EXPORTER
+    out = subprocess.run(["cargo", "build", "--release", "--example", "export",
+                          "--message-format=json-render-diagnostics"], cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
+                msg["target"]["name"] == "export":
+            EXPORTER = msg["executable"]
+    if not EXPORTER:
+        sys.exit("export_bench: cargo did not report the example binary")
+    print(f"exporter: {EXPORTER}", file=sys.stderr)
 
 SIZES = {  # name: (hidden, layers, heads)
     "ti": ("ViT-Ti/16", 192, 12, 3),
@@ -108,6 +124,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     import shutil
+    build_exporter()
 
     results = {"batch": a.batch, "threads": a.threads, "runs": a.runs, "export": [], "throughput": []}
     # Before importing torch, so that this process stays small (see run_export).
@@ -131,6 +148,25 @@ def main():
     import torch
     from transformers import ViTConfig, ViTForImageClassification
     torch.set_num_threads(a.threads)
+
+    if not a.skip_base:
+        # The same architecture from an HF checkpoint folder (memory-mapped weights).
+        hf = os.path.join(a.work, "b", "hf")
+        torch.manual_seed(0)
+        cfg = ViTConfig(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                        num_attention_heads=12, intermediate_size=3072, num_labels=1000)
+        ViTForImageClassification(cfg).save_pretrained(hf, safe_serialization=True)
+        for variant in ("standard", "fused"):
+            out = os.path.join(a.work, f"base-ck-{variant}")
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_export(["--checkpoint", hf, "--out", out, "--variant", variant])
+            r["weights_bytes"] = r["num_params"] * 4
+            r["peak_over_weights"] = r["peak_rss_bytes"] / r["weights_bytes"]
+            results["export"].append(r)
+            print(f"export vit-base from checkpoint, {variant}: {r['export_seconds']:.2f}s, peak RSS "
+                  f"{r['peak_rss_bytes'] / 2**20:.0f} MiB = {r['peak_over_weights']:.2f}x weights",
+                  file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
 
     for key in a.models.split(","):
         name, d, layers, heads = SIZES[key]

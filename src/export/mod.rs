@@ -137,7 +137,6 @@ pub fn build_model_bytes(
 
 /// Export according to `opts`. Never panics on bad input: every failure is an [`Error`].
 pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
-    prepare_out_dir(&opts.out_dir, &opts.source)?;
     match &opts.source {
         ExportSource::Checkpoint(dir) => {
             let ck = checkpoint::Checkpoint::open(dir)?;
@@ -215,6 +214,8 @@ fn write_folder(
         metadata: meta,
     };
     let model = vit_graph::build_vit(cfg, weights, &gopts)?;
+    // Only now, with the source read and the graph built, touch the output folder.
+    prepare_out_dir(&opts.out_dir, &opts.source)?;
     let model_path = opts.out_dir.join("model.onnx");
     atomic_write(&model_path, |w| model.write_to(w))?;
     let model_bytes = std::fs::metadata(&model_path)

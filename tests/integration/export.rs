@@ -533,6 +533,10 @@ fn export_bad_checkpoints_fail_with_typed_errors() {
         Err(Error::MissingTensor { name }) => assert_eq!(name, missing),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
+    assert!(
+        !tmp.path().join("missing-out").exists(),
+        "a failed export leaves no folder"
+    );
     // Wrong shape.
     let mut t = good.clone();
     let bad = "vit.encoder.layer.2.intermediate.dense.weight";
