@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod score;
 pub mod vit;

@@ -1,4 +1,6 @@
 //! The one integration-test binary: every module below runs the real `vit-batch`
 //! binary or the real library against real files in a temporary folder.
 
+mod report;
+mod synth;
 mod util;
