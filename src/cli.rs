@@ -40,6 +40,8 @@ enum Cmd {
     Train(TrainArgs),
     /// Merge shard run folders (scored with --shard K/N) into one run.
     Merge(MergeArgs),
+    /// Render the evaluation report of a run folder (from predictions.parquet + metrics.json).
+    Report(ReportArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +63,7 @@ fn merge(a: MergeArgs) -> Result<i32> {
         overwrite: a.overwrite,
     };
     let m = vit_batch::merge::merge(&o).context("merge failed")?;
+    render_report(&a.out, false)?;
     eprintln!(
         "vit-batch: merged {} shards, {} images, top-1 {:.2}%; wrote {}",
         m.throughput.shards.len(),
@@ -267,8 +270,21 @@ fn score(a: ScoreArgs) -> Result<i32> {
             outcome.out_dir.display()
         );
     }
-    let _ = a.no_report;
+    if !a.no_report {
+        render_report(&outcome.out_dir, a.quiet)?;
+    }
     Ok(EXIT_OK)
+}
+
+/// `score` and `merge` render the report at the end of a run (unless --no-report).
+fn render_report(run_dir: &std::path::Path, quiet: bool) -> Result<()> {
+    let r = vit_batch::report::render(&vit_batch::report::ReportOptions::new(run_dir))
+        .with_context(|| format!("rendering the report of {}", run_dir.display()))?;
+    if !quiet {
+        eprintln!("vit-batch: report: {}", run_dir.join("report.html").display());
+    }
+    let _ = r;
+    Ok(())
 }
 
 // ---- compare / run (owner: gate) -------------------------------------------------
@@ -497,6 +513,47 @@ fn train(a: TrainArgs) -> Result<i32> {
 
 // ---- end train ------------------------------------------------------------
 
+// --- `vit-batch report` (owned by the report module) ---------------------------
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run folder written by `vit-batch score` (predictions.parquet + metrics.json).
+    run_dir: PathBuf,
+    /// Where to write the report (default: RUN_DIR).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Comma-separated outputs: html, png, md, json (default: all).
+    #[arg(long, value_delimiter = ',', default_value = "html,png,md,json")]
+    format: Vec<String>,
+}
+
+fn report(a: ReportArgs) -> Result<i32> {
+    let formats = a
+        .format
+        .iter()
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| f.parse::<vit_batch::report::Format>())
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let opts = vit_batch::report::ReportOptions {
+        run_dir: a.run_dir,
+        out_dir: a.out,
+        formats,
+    };
+    let s = vit_batch::report::render(&opts).context("report failed")?;
+    let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!(
+        "vit-batch: report of {} rows, {} classes written to {}: {}",
+        s.rows,
+        s.classes,
+        s.out_dir.display(),
+        files.join(", ")
+    );
+    Ok(EXIT_OK)
+}
+
+// --- end `vit-batch report` ----------------------------------------------------
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -513,6 +570,8 @@ pub fn main() -> i32 {
         Cmd::Export(a) => export(a),
         Cmd::Merge(a) => merge(a),
         Cmd::Train(a) => train(a),
+
+        Cmd::Report(a) => report(a),
     };
     match r {
         Ok(code) => code,

@@ -711,7 +711,8 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
     let run = RunInfo {
         tool: "vit-batch".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        data_dir: opts.data_dir.display().to_string(),
+        // Absolute, so the report finds thumbnails from any working directory.
+        data_dir: std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone()).display().to_string(),
         model: opts.model.display().to_string(),
         model_sha256: p.bundle.sha256.clone(),
         onnxruntime_version: p.runtime.version.clone(),

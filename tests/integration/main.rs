@@ -8,4 +8,6 @@ mod reference_vit;
 mod reliability;
 mod score;
 mod shard;
+mod report;
+mod synth;
 mod util;
