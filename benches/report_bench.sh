@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 rows=${1:-50000}
 classes=${2:-1000}
 cargo build --release --quiet --bin vit-batch --example report_bench_run
-target=${CARGO_TARGET_DIR:-target}
+# The target folder as cargo resolves it (env, config or the default).
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$target/release/examples/report_bench_run" "$dir/run" "$rows" "$classes"
