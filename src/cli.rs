@@ -38,6 +38,8 @@ enum Cmd {
     Train(TrainArgs),
     /// Write a ViT as an ONNX model folder (model.onnx, config.json, preprocessor_config.json).
     Export(ExportArgs),
+    /// Render the evaluation report of a run folder (from predictions.parquet + metrics.json).
+    Report(ReportArgs),
 }
 
 #[derive(Args)]
@@ -463,6 +465,46 @@ fn export(a: ExportArgs) -> Result<i32> {
 }
 
 // ---- end train / export ------------------------------------------------------------
+// --- `vit-batch report` (owned by the report module) ---------------------------
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run folder written by `vit-batch score` (predictions.parquet + metrics.json).
+    run_dir: PathBuf,
+    /// Where to write the report (default: RUN_DIR).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Comma-separated outputs: html, png, md, json (default: all).
+    #[arg(long, value_delimiter = ',', default_value = "html,png,md,json")]
+    format: Vec<String>,
+}
+
+fn report(a: ReportArgs) -> Result<i32> {
+    let formats = a
+        .format
+        .iter()
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| f.parse::<vit_batch::report::Format>())
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let opts = vit_batch::report::ReportOptions {
+        run_dir: a.run_dir,
+        out_dir: a.out,
+        formats,
+    };
+    let s = vit_batch::report::render(&opts).context("report failed")?;
+    let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!(
+        "vit-batch: report of {} rows, {} classes written to {}: {}",
+        s.rows,
+        s.classes,
+        s.out_dir.display(),
+        files.join(", ")
+    );
+    Ok(EXIT_OK)
+}
+
+// --- end `vit-batch report` ----------------------------------------------------
 
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -479,6 +521,7 @@ pub fn main() -> i32 {
         Cmd::Run(a) => run_pipeline(a),
         Cmd::Train(a) => train(a),
         Cmd::Export(a) => export(a),
+        Cmd::Report(a) => report(a),
     };
     match r {
         Ok(code) => code,

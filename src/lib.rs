@@ -12,6 +12,7 @@ pub mod model;
 pub mod pipeline;
 pub mod preprocess;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod score;
 pub mod train;

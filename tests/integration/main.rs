@@ -4,4 +4,6 @@
 mod compare;
 mod export;
 mod reference_vit;
+mod report;
+mod synth;
 mod util;

@@ -72,3 +72,82 @@ pub fn write(path: &Path, bytes: &[u8]) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Compare `actual` with the committed snapshot `tests/snapshots/<name>` exactly.
+/// `UPDATE_SNAPSHOTS=1` rewrites the snapshot instead (review the diff, then commit).
+pub fn assert_snapshot(name: &str, actual: &str) {
+    let path = repo().join("tests/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        write(&path, actual.as_bytes());
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "snapshot {} unreadable ({e}); run with UPDATE_SNAPSHOTS=1 to create it",
+            path.display()
+        )
+    });
+    if expected == actual {
+        return;
+    }
+    let (el, al): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let mut diff = String::new();
+    let mut shown = 0;
+    for i in 0..el.len().max(al.len()) {
+        let (e, a) = (el.get(i), al.get(i));
+        if e != a {
+            diff.push_str(&format!(
+                "line {}:\n  - expected: {}\n  + actual:   {}\n",
+                i + 1,
+                e.copied().unwrap_or("<missing>"),
+                a.copied().unwrap_or("<missing>")
+            ));
+            shown += 1;
+            if shown == 10 {
+                diff.push_str("  ...\n");
+                break;
+            }
+        }
+    }
+    if diff.is_empty() {
+        diff.push_str("  (line endings or a trailing newline differ)\n");
+    }
+    panic!(
+        "output differs from snapshot {} ({} vs {} lines):\n{diff}If the change is intended, rerun with UPDATE_SNAPSHOTS=1 and commit the snapshot.",
+        path.display(),
+        el.len(),
+        al.len()
+    );
+}
+
+/// Decoded RGB image and a blankness check: at least `min_colours` distinct
+/// colours and `min_ink` of the pixels not white.
+pub fn assert_png_not_blank(path: &Path, min_w: u32, min_h: u32) -> image::RgbImage {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{} is not a decodable image: {e}", path.display()))
+        .to_rgb8();
+    assert!(
+        img.width() >= min_w && img.height() >= min_h,
+        "{} is {}x{}, expected at least {min_w}x{min_h}",
+        path.display(),
+        img.width(),
+        img.height()
+    );
+    let mut colours = std::collections::HashSet::new();
+    let mut ink = 0usize;
+    for p in img.pixels() {
+        colours.insert(p.0);
+        if p.0.iter().any(|&c| c < 235) {
+            ink += 1;
+        }
+    }
+    let frac = ink as f64 / (img.width() * img.height()) as f64;
+    assert!(
+        colours.len() >= 8 && frac > 0.01,
+        "{} looks blank: {} colours, {:.2}% non-white pixels",
+        path.display(),
+        colours.len(),
+        100.0 * frac
+    );
+    img
+}

@@ -1,0 +1,188 @@
+//! `report.md`: a short Markdown summary for CI job summaries
+//! (`$GITHUB_STEP_SUMMARY`) and PR comments.
+//!
+//! Why: reviewers see the headline in the PR without opening an artifact. It stays
+//! short (a table of headline numbers, the top confusions, the lowest-recall
+//! classes, failures) and every name from the dataset is escaped, since class
+//! folders and file names are user data that GitHub would otherwise render as
+//! Markdown or HTML.
+
+use std::fmt::Write as _;
+
+use super::{charts, pct, pct_ci, Exporter, Format, Output, ReportData};
+use crate::error::Result;
+
+/// Items in each short list (confusions, classes, failures).
+pub const MD_ITEMS: usize = 5;
+
+pub struct MarkdownExporter;
+
+impl Exporter for MarkdownExporter {
+    fn format(&self) -> Format {
+        Format::Markdown
+    }
+    fn render(&self, data: &ReportData, _charts: &charts::Charts) -> Result<Vec<Output>> {
+        Ok(vec![Output {
+            rel: "report.md".into(),
+            bytes: markdown(data).into_bytes(),
+        }])
+    }
+}
+
+/// Escape text for Markdown: HTML-significant characters become entities and
+/// Markdown punctuation is backslash-escaped; newlines become spaces (table cells).
+pub fn md_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\n' | '\r' | '\t' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '-' | '!'
+            | '|' | '~' | '$' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Thousands separators for counts.
+pub(crate) fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn markdown(data: &ReportData) -> String {
+    let m = data.metrics();
+    let run = &data.file.run;
+    let c = &m.counts;
+    let mut s = String::new();
+    let _ = writeln!(s, "## vit-batch report: {}\n", md_escape(&run.model));
+    let _ = writeln!(s, "Dataset: {}\n", md_escape(&run.data_dir));
+    let _ = writeln!(s, "| Metric | Value |\n|---|---|");
+    let _ = writeln!(
+        s,
+        "| Images | {} ({} ok, {} errors, {} unmapped; {} non-image files skipped) |",
+        thousands(c.images),
+        thousands(c.ok),
+        thousands(c.errors),
+        thousands(c.unmapped),
+        thousands(c.skipped)
+    );
+    let _ = writeln!(s, "| Evaluated | {} |", thousands(c.evaluated));
+    let _ = writeln!(s, "| Top-1 accuracy | {} |", pct_ci(m.top1, data.top1_ci));
+    let _ = writeln!(
+        s,
+        "| Top-{} accuracy | {} |",
+        m.k,
+        pct_ci(m.topk, data.topk_ci)
+    );
+    let _ = writeln!(s, "| Macro F1 | {:.4} |", m.macro_avg.f1);
+    let _ = writeln!(
+        s,
+        "| ECE ({} bins) | {:.4} |",
+        m.calibration.bins.len(),
+        m.calibration.ece
+    );
+    let t = &data.file.throughput;
+    let _ = writeln!(
+        s,
+        "| Throughput | {:.1} images/s ({}, {} threads, batch {}) |",
+        t.images_per_s,
+        md_escape(&format!("{:?}", run.provider).to_lowercase()),
+        run.threads,
+        run.batch_size
+    );
+    let _ = writeln!(s);
+    if !data.pairs.is_empty() {
+        let _ = writeln!(s, "**Most confused (true → predicted):**\n");
+        for p in data.pairs.iter().take(MD_ITEMS) {
+            let _ = writeln!(
+                s,
+                "- {} → {}: {} ({} of the class)",
+                md_escape(&p.true_label),
+                md_escape(&p.pred_label),
+                thousands(p.count),
+                pct(p.share)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let worst = charts::recall_order(&m.per_class);
+    if !worst.is_empty() {
+        let _ = writeln!(s, "**Lowest recall:**\n");
+        for cs in worst.iter().take(MD_ITEMS) {
+            let _ = writeln!(
+                s,
+                "- {}: {} of {}",
+                md_escape(&cs.class),
+                pct(cs.recall),
+                thousands(cs.support)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if data.failures_total > 0 {
+        let _ = writeln!(
+            s,
+            "**{} file(s) failed to score**{}:\n",
+            thousands(data.failures_total as u64),
+            if data.failures_total > MD_ITEMS {
+                format!(" (first {MD_ITEMS})")
+            } else {
+                String::new()
+            }
+        );
+        for f in data.failures.iter().take(MD_ITEMS) {
+            let _ = writeln!(s, "- {}: {}", md_escape(&f.path), md_escape(&f.error));
+        }
+        let _ = writeln!(s);
+    }
+    if !run.label_mapping.unmapped.is_empty() {
+        let names: Vec<String> = run
+            .label_mapping
+            .unmapped
+            .iter()
+            .map(|u| md_escape(u))
+            .collect();
+        let _ = writeln!(
+            s,
+            "**Unmapped class folders** (scored, not in accuracy): {}\n",
+            names.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Intervals: 95% percentile bootstrap, {} resamples of the evaluated images (seeded). Full report: `report.html`.",
+        super::BOOTSTRAP_RESAMPLES
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            md_escape("<script>alert(1)</script>"),
+            "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
+        );
+        assert_eq!(md_escape("a|b*c_d"), "a\\|b\\*c\\_d");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(12), "12");
+    }
+}

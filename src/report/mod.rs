@@ -1,0 +1,568 @@
+//! `vit-batch report`: the evaluation report of a run folder.
+//!
+//! Why this shape: a report must be re-renderable long after the run, from the two
+//! files a run keeps (`predictions.parquet` + `metrics.json`), with no model and no
+//! network. This module is the manager: it reads those files once, derives
+//! everything the outputs share into one [`ReportData`] (bootstrap intervals, top
+//! confusions, hardest mistakes with thumbnails, capped failure list), and owns all
+//! file I/O (atomic writes: temporary file + rename). Each output format lives in its
+//! own file behind the small [`Exporter`] trait (as hyperfine's exporters do) and only
+//! turns `ReportData` into bytes:
+//!
+//! - `html.rs`: `report.html`, one self-contained page (inline CSS, a small inline
+//!   sorting script, charts and thumbnails embedded as `data:` URIs, so the single
+//!   file can be uploaded as a CI artifact and opened anywhere);
+//! - `charts.rs`: the PNG charts (plotters, text drawn with the embedded DejaVu Sans),
+//!   also written beside the page under `charts/` for pasting into reviews;
+//! - `markdown.rs`: `report.md`, a short summary for CI job summaries / PR comments;
+//! - `json.rs`: `report.json`, the machine-readable summary.
+//!
+//! Every output is a pure function of the run folder: no timestamps, seeded
+//! resampling, stable orderings, so two renders of one run are byte-identical.
+
+pub mod charts;
+pub mod html;
+pub mod json;
+pub mod markdown;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::record::{self, Row, Status};
+use crate::score::MetricsFile;
+
+/// Bootstrap resamples for the confidence intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+/// Seed of the bootstrap generator: intervals are the same on every render.
+pub const BOOTSTRAP_SEED: u64 = 0x005E_ED0F_B007;
+/// Failed files listed in the page (the total is always shown).
+pub const MAX_FAILURES: usize = 1000;
+/// Most confidently wrong images shown with thumbnails.
+pub const MAX_MISTAKES: usize = 24;
+/// Confused (true, predicted) pairs listed.
+pub const MAX_PAIRS: usize = 20;
+/// Thumbnail bounding box, pixels.
+pub const THUMB_PX: u32 = 96;
+/// Bins of the right-vs-wrong confidence histogram.
+pub const HIST_BINS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    Html,
+    Png,
+    Markdown,
+    Json,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Html, Format::Png, Format::Markdown, Format::Json];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Html => "html",
+            Format::Png => "png",
+            Format::Markdown => "md",
+            Format::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "html" => Ok(Format::Html),
+            "png" => Ok(Format::Png),
+            "md" | "markdown" => Ok(Format::Markdown),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown report format '{other}' (expected html, png, md or json)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Run folder holding `predictions.parquet` and `metrics.json`.
+    pub run_dir: PathBuf,
+    /// Where to write the report (default: the run folder).
+    pub out_dir: Option<PathBuf>,
+    /// Outputs to write; empty means all.
+    pub formats: Vec<Format>,
+}
+
+impl ReportOptions {
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        ReportOptions {
+            run_dir: run_dir.into(),
+            out_dir: None,
+            formats: Format::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportSummary {
+    pub out_dir: PathBuf,
+    /// Files written, relative to `out_dir`, in write order.
+    pub files: Vec<PathBuf>,
+    pub rows: usize,
+    pub classes: usize,
+}
+
+/// One file an exporter produced, relative to the output folder.
+pub struct Output {
+    pub rel: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+/// An output format: turns the shared report data into files (no I/O of its own).
+pub trait Exporter {
+    fn format(&self) -> Format;
+    fn render(&self, data: &ReportData, charts: &charts::Charts) -> Result<Vec<Output>>;
+}
+
+fn exporter(f: Format) -> Box<dyn Exporter> {
+    match f {
+        Format::Html => Box::new(html::HtmlExporter),
+        Format::Png => Box::new(charts::PngExporter),
+        Format::Markdown => Box::new(markdown::MarkdownExporter),
+        Format::Json => Box::new(json::JsonExporter),
+    }
+}
+
+/// A 95% percentile-bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Interval {
+    pub lo: f64,
+    pub hi: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfusedPair {
+    pub true_id: usize,
+    pub true_label: String,
+    pub pred_id: usize,
+    pub pred_label: String,
+    pub count: u64,
+    /// Share of the true class's images that went to `pred`.
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub path: String,
+    pub label: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mistake {
+    pub path: String,
+    pub label: String,
+    pub pred: String,
+    pub score: f32,
+    /// Rank of the true class in the model's top-k (1-based), if it was there.
+    pub true_rank: Option<usize>,
+    /// Small JPEG thumbnail, base64.
+    pub thumb_b64: Option<String>,
+    /// Why there is no thumbnail.
+    pub thumb_note: Option<String>,
+}
+
+/// Top-1 scores of the evaluated rows, binned, split by right and wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreHistogram {
+    pub right: Vec<u64>,
+    pub wrong: Vec<u64>,
+}
+
+/// Everything the exporters share, derived once from the run folder.
+pub struct ReportData {
+    pub file: MetricsFile,
+    pub top1_ci: Option<Interval>,
+    pub topk_ci: Option<Interval>,
+    pub pairs: Vec<ConfusedPair>,
+    pub failures: Vec<Failure>,
+    pub failures_total: usize,
+    pub mistakes: Vec<Mistake>,
+    /// Wrong evaluated predictions in all.
+    pub wrong_total: usize,
+    pub hist: ScoreHistogram,
+    /// Ok rows that carry a warning.
+    pub row_warnings: usize,
+}
+
+impl ReportData {
+    pub fn metrics(&self) -> &Metrics {
+        &self.file.metrics
+    }
+
+    /// Build the report data from rows and the metrics file; `data_dir` is where
+    /// thumbnails are read from (None: no thumbnails).
+    pub fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
+        let k = file.metrics.k;
+        let evaluated: Vec<&Row> = rows.iter().filter(|r| is_evaluated(r)).collect();
+        let flags: Vec<(bool, bool)> = evaluated
+            .iter()
+            .map(|r| {
+                let t = r.label_id.expect("evaluated");
+                let right = r.pred_id == Some(t);
+                let in_k = r
+                    .topk_ids
+                    .as_deref()
+                    .map(|ids| ids.iter().take(k).any(|&i| i == t))
+                    .unwrap_or(right);
+                (right, in_k)
+            })
+            .collect();
+        let (top1_ci, topk_ci) = match bootstrap(&flags, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+
+        let mut hist = ScoreHistogram {
+            right: vec![0; HIST_BINS],
+            wrong: vec![0; HIST_BINS],
+        };
+        for (r, &(right, _)) in evaluated.iter().zip(&flags) {
+            let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
+            let b = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
+            if right {
+                hist.right[b] += 1;
+            } else {
+                hist.wrong[b] += 1;
+            }
+        }
+
+        let pairs = confused_pairs(&file.metrics, MAX_PAIRS);
+
+        let mut failures_total = 0;
+        let mut failures = Vec::new();
+        for r in rows.iter().filter(|r| r.status == Status::Error) {
+            failures_total += 1;
+            if failures.len() < MAX_FAILURES {
+                failures.push(Failure {
+                    path: r.path.clone(),
+                    label: r.label.clone(),
+                    error: r.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+
+        let mut wrong: Vec<&Row> = evaluated
+            .iter()
+            .zip(&flags)
+            .filter(|(_, f)| !f.0)
+            .map(|(r, _)| *r)
+            .collect();
+        let wrong_total = wrong.len();
+        wrong.sort_by(|a, b| {
+            b.score
+                .unwrap_or(0.0)
+                .total_cmp(&a.score.unwrap_or(0.0))
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        wrong.truncate(MAX_MISTAKES);
+        let name = |id: Option<u32>| {
+            id.and_then(|i| file.run.label_mapping.model_labels.get(i as usize))
+                .cloned()
+        };
+        let mistakes: Vec<Mistake> = wrong
+            .par_iter()
+            .map(|r| {
+                let (thumb_b64, thumb_note) = match data_dir {
+                    None => (None, Some("no data folder recorded".to_string())),
+                    Some(d) => match thumbnail(&d.join(&r.path)) {
+                        Ok(b) => (Some(b), None),
+                        Err(e) => (None, Some(e)),
+                    },
+                };
+                let t = r.label_id.expect("evaluated");
+                Mistake {
+                    path: r.path.clone(),
+                    label: name(r.label_id).unwrap_or_else(|| r.label.clone()),
+                    pred: r
+                        .pred
+                        .clone()
+                        .or_else(|| name(r.pred_id))
+                        .unwrap_or_default(),
+                    score: r.score.unwrap_or(0.0),
+                    true_rank: r
+                        .topk_ids
+                        .as_deref()
+                        .and_then(|ids| ids.iter().position(|&i| i == t))
+                        .map(|p| p + 1),
+                    thumb_b64,
+                    thumb_note,
+                }
+            })
+            .collect();
+        let row_warnings = rows
+            .iter()
+            .filter(|r| r.status == Status::Ok && r.warning.is_some())
+            .count();
+        ReportData {
+            file,
+            top1_ci,
+            topk_ci,
+            pairs,
+            failures,
+            failures_total,
+            mistakes,
+            wrong_total,
+            hist,
+            row_warnings,
+        }
+    }
+}
+
+fn is_evaluated(r: &Row) -> bool {
+    r.status == Status::Ok && r.label_id.is_some() && r.pred_id.is_some()
+}
+
+/// The `n` largest off-diagonal cells of the confusion matrix (ties: by true label
+/// id, then predicted id).
+pub fn confused_pairs(m: &Metrics, n: usize) -> Vec<ConfusedPair> {
+    let c = &m.confusion;
+    let mut out = Vec::new();
+    for (i, row) in c.matrix.iter().enumerate() {
+        let support: u64 = row.iter().sum();
+        for (j, &v) in row.iter().enumerate() {
+            if i != j && v > 0 {
+                out.push(ConfusedPair {
+                    true_id: c.ids[i],
+                    true_label: c.labels[i].clone(),
+                    pred_id: c.ids[j],
+                    pred_label: c.labels[j].clone(),
+                    count: v,
+                    share: v as f64 / support as f64,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.true_id.cmp(&b.true_id))
+            .then(a.pred_id.cmp(&b.pred_id))
+    });
+    out.truncate(n);
+    out
+}
+
+/// SplitMix64: a tiny, fully specified generator, so the intervals never change with
+/// a dependency's version.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n (multiply-shift; the bias is below 2^-40 for n < 2^24).
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// Percentile bootstrap (95%) of top-1 and top-k accuracy over the evaluated rows:
+/// `resamples` draws of n rows with replacement. None when there are no rows.
+pub fn bootstrap(
+    flags: &[(bool, bool)],
+    resamples: usize,
+    seed: u64,
+) -> Option<(Interval, Interval)> {
+    let n = flags.len();
+    if n == 0 || resamples == 0 {
+        return None;
+    }
+    let mut rng = SplitMix64(seed);
+    let mut a = Vec::with_capacity(resamples);
+    let mut b = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        let (mut r1, mut rk) = (0u64, 0u64);
+        for _ in 0..n {
+            let (x, y) = flags[rng.below(n)];
+            r1 += x as u64;
+            rk += y as u64;
+        }
+        a.push(r1 as f64 / n as f64);
+        b.push(rk as f64 / n as f64);
+    }
+    Some((percentile_interval(&mut a), percentile_interval(&mut b)))
+}
+
+fn percentile_interval(v: &mut [f64]) -> Interval {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        v[i]
+    };
+    Interval {
+        lo: at(0.025),
+        hi: at(0.975),
+    }
+}
+
+/// A JPEG thumbnail (base64) of an image file, or why not.
+fn thumbnail(path: &Path) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| format!("not readable any more ({e})"))?
+        .with_guessed_format()
+        .map_err(|e| format!("not readable any more ({e})"))?;
+    let img = reader
+        .decode()
+        .map_err(|e| format!("could not be decoded ({e})"))?;
+    let t = img.thumbnail(THUMB_PX, THUMB_PX).to_rgb8();
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 85)
+        .encode_image(&t)
+        .map_err(|e| format!("thumbnail encoding failed ({e})"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// Read a run folder into report data.
+pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
+    let mpath = run_dir.join("metrics.json");
+    let ppath = run_dir.join("predictions.parquet");
+    for p in [&mpath, &ppath] {
+        if !p.is_file() {
+            return Err(Error::Output {
+                what: format!(
+                    "{} is not a finished vit-batch run: {} is missing (run `vit-batch score` first)",
+                    run_dir.display(),
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            });
+        }
+    }
+    let file = MetricsFile::read(&mpath)?;
+    let rows = record::read_parquet(&ppath)?;
+    if rows.len() as u64 != file.metrics.counts.images {
+        return Err(Error::Output {
+            what: format!(
+                "{} holds {} rows but metrics.json counts {} images: the run folder is inconsistent",
+                ppath.display(),
+                rows.len(),
+                file.metrics.counts.images
+            ),
+        });
+    }
+    let data_dir = PathBuf::from(&file.run.data_dir);
+    let data = ReportData::build(&rows, file, Some(&data_dir));
+    Ok((rows, data))
+}
+
+/// Render the report of a run folder from `predictions.parquet` + `metrics.json`.
+pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
+    let (rows, data) = load(&opts.run_dir)?;
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| opts.run_dir.clone());
+    let mut formats = if opts.formats.is_empty() {
+        Format::ALL.to_vec()
+    } else {
+        opts.formats.clone()
+    };
+    formats.sort();
+    formats.dedup();
+    let need_charts = formats
+        .iter()
+        .any(|f| matches!(f, Format::Html | Format::Png));
+    let charts = if need_charts {
+        charts::Charts::render(&data)?
+    } else {
+        charts::Charts::default()
+    };
+    let mut outputs = Vec::new();
+    for f in &formats {
+        let e = exporter(*f);
+        debug_assert_eq!(e.format(), *f);
+        outputs.extend(e.render(&data, &charts)?);
+    }
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    let mut files = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let dest = out_dir.join(&o.rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        record::atomic_write_bytes(&dest, &o.bytes)?;
+        // The temporary file was private (0600); a report is meant to be read and
+        // served, so give it the usual 0644.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(&dest, e))?;
+        }
+        files.push(o.rel);
+    }
+    Ok(ReportSummary {
+        out_dir,
+        files,
+        rows: rows.len(),
+        classes: data.metrics().per_class.len(),
+    })
+}
+
+/// All formats into the run folder itself (what `score` writes at the end of a run).
+pub fn render_run(run_dir: &Path) -> Result<ReportSummary> {
+    render(&ReportOptions::new(run_dir))
+}
+
+/// Percent with one decimal.
+pub(crate) fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+pub(crate) fn pct_ci(x: f64, ci: Option<Interval>) -> String {
+    match ci {
+        Some(c) => format!(
+            "{} (95% CI {:.1}–{:.1})",
+            pct(x),
+            100.0 * c.lo,
+            100.0 * c.hi
+        ),
+        None => pct(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_is_seeded_and_brackets_the_estimate() {
+        let flags: Vec<(bool, bool)> = (0..500).map(|i| (i % 10 < 8, i % 10 < 9)).collect();
+        let a = bootstrap(&flags, 1000, 7).unwrap();
+        let b = bootstrap(&flags, 1000, 7).unwrap();
+        assert_eq!(a, b, "same seed, same interval");
+        let (t1, tk) = a;
+        assert!(t1.lo < 0.8 && 0.8 < t1.hi, "{t1:?}");
+        assert!(tk.lo < 0.9 && 0.9 < tk.hi, "{tk:?}");
+        // Binomial standard error at n=500, p=0.8 is 0.0179: the 95% interval spans
+        // about 4 of them (0.07); allow generous slack, but not a degenerate one.
+        let w = t1.hi - t1.lo;
+        assert!((0.04..0.10).contains(&w), "width {w}");
+        assert!(bootstrap(&[], 1000, 7).is_none());
+        // All right: the interval collapses onto 1.
+        let all = vec![(true, true); 50];
+        let (c, _) = bootstrap(&all, 100, 1).unwrap();
+        assert_eq!((c.lo, c.hi), (1.0, 1.0));
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("MD".parse::<Format>().unwrap(), Format::Markdown);
+        assert_eq!("png".parse::<Format>().unwrap(), Format::Png);
+        assert!("pdf".parse::<Format>().unwrap_err().contains("pdf"));
+    }
+}
