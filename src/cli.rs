@@ -12,6 +12,7 @@ use vit_batch::infer::Provider;
 use vit_batch::score::{Progress, ScoreOptions, Shard};
 
 pub const EXIT_OK: i32 = 0;
+#[allow(dead_code)] // returned by the regression gate (gate subcommand, another branch)
 pub const EXIT_REGRESSION: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 

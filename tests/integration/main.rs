@@ -3,4 +3,5 @@
 
 mod export;
 mod reference_vit;
+mod train;
 mod util;
