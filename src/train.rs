@@ -1025,7 +1025,7 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{n}");
         }
-        assert_eq!(names.len(), 5 + 16 * 4 + 2);
+        assert_eq!(names.len(), 4 + 16 * 4 + 4);
         let w = |v: &[(String, Tensor)]| {
             v.iter()
                 .find(|(n, _)| n == "classifier.weight")
