@@ -269,9 +269,10 @@ struct ExportArgs {
     /// Also output attentions.{i} [batch, heads, S, S].
     #[arg(long)]
     with_attentions: bool,
-    /// Graph operators: standard (portable) or fused (ONNX Runtime contrib ops).
-    #[arg(long, default_value = "standard", value_parser = ["standard", "fused"])]
-    variant: String,
+    /// Graph operators: standard (portable) or fused (ONNX Runtime contrib ops);
+    /// default: the exporter's default variant.
+    #[arg(long, value_parser = ["standard", "fused"])]
+    variant: Option<String>,
     /// Preset architecture with seeded random weights (needs --random-init).
     #[arg(long, requires = "random_init")]
     preset: Option<String>,
@@ -299,10 +300,10 @@ fn export(a: ExportArgs) -> Result<i32> {
     let mut o = ExportOptions::new(source, a.out);
     o.opset = a.opset;
     o.with_attentions = a.with_attentions;
-    o.variant = if a.variant == "fused" {
-        GraphVariant::Fused
-    } else {
-        GraphVariant::Standard
+    o.variant = match a.variant.as_deref() {
+        Some("fused") => GraphVariant::Fused,
+        Some(_) => GraphVariant::Standard,
+        None => GraphVariant::default(),
     };
     let s = vit_batch::export::export(&o).context("export failed")?;
     if !a.quiet {
