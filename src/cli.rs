@@ -12,6 +12,7 @@ use vit_batch::infer::Provider;
 use vit_batch::score::{Progress, ScoreOptions, Shard};
 
 pub const EXIT_OK: i32 = 0;
+#[allow(dead_code)] // returned by the regression gate (gate subcommand, another branch)
 pub const EXIT_REGRESSION: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
@@ -410,9 +411,10 @@ struct ExportArgs {
     /// Also output attentions.{i} [batch, heads, S, S].
     #[arg(long)]
     with_attentions: bool,
-    /// Graph operators: standard (portable) or fused (ONNX Runtime contrib ops).
-    #[arg(long, default_value = "standard", value_parser = ["standard", "fused"])]
-    variant: String,
+    /// Graph operators: standard (portable) or fused (ONNX Runtime contrib ops);
+    /// default: the exporter's default variant.
+    #[arg(long, value_parser = ["standard", "fused"])]
+    variant: Option<String>,
     /// Preset architecture with seeded random weights (needs --random-init).
     #[arg(long, requires = "random_init")]
     preset: Option<String>,
@@ -440,10 +442,10 @@ fn export(a: ExportArgs) -> Result<i32> {
     let mut o = ExportOptions::new(source, a.out);
     o.opset = a.opset;
     o.with_attentions = a.with_attentions;
-    o.variant = if a.variant == "fused" {
-        GraphVariant::Fused
-    } else {
-        GraphVariant::Standard
+    o.variant = match a.variant.as_deref() {
+        Some("fused") => GraphVariant::Fused,
+        Some(_) => GraphVariant::Standard,
+        None => GraphVariant::default(),
     };
     let s = vit_batch::export::export(&o).context("export failed")?;
     if !a.quiet {

@@ -130,7 +130,7 @@ impl PreprocessConfig {
         if self.image_mean.len() != 3 || self.image_std.len() != 3 {
             return bad("image_mean and image_std must have 3 values (RGB)".into());
         }
-        if self.image_std.iter().any(|s| *s == 0.0) {
+        if self.image_std.contains(&0.0) {
             return bad("image_std must not contain 0".into());
         }
         if !matches!(

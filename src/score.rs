@@ -392,6 +392,7 @@ struct Batch {
 
 fn preprocess_batch(pre: &Preprocessor, entries: &[Entry], start: usize) -> Batch {
     let per = pre.tensor_len();
+    #[allow(clippy::type_complexity)]
     let results: Vec<std::result::Result<(Vec<f32>, Option<String>), String>> = entries
         .par_iter()
         .map(|e| {

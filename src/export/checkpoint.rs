@@ -104,6 +104,17 @@ impl Checkpoint {
                 what: format!("{}: {e}", cfg_path.display()),
             })?
         };
+        let mut config = config;
+        if config.id2label.is_empty() {
+            // No labels in config.json (HF always writes them; a hand-made config may
+            // not): take the class count from the head, named as HF would (LABEL_i).
+            let head = ["classifier.weight", "cls_classifier.weight"]
+                .iter()
+                .find_map(|n| st.tensor(n).ok().map(|t| t.shape().to_vec()));
+            if let Some(&[c, _]) = head.as_deref() {
+                config.set_labels(&(0..c).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
+            }
+        }
         config.validate()?;
         let pp_path = dir.join("preprocessor_config.json");
         let preprocessor = if pp_path.is_file() {
@@ -225,9 +236,18 @@ fn timm_config(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<VitConfi
     let depth = (0..)
         .take_while(|i| st.tensor(&format!("blocks.{i}.attn.qkv.weight")).is_ok())
         .count();
-    let fc1 = shape("blocks.0.mlp.fc1.weight")?;
+    let matrix = |n: &str| -> Result<Vec<usize>> {
+        let s = shape(n)?;
+        if s.len() != 2 {
+            return Err(ck(format!(
+                "tensor '{n}' has shape {s:?}, expected a matrix"
+            )));
+        }
+        Ok(s)
+    };
+    let fc1 = matrix("blocks.0.mlp.fc1.weight")?;
     let pos = shape("pos_embed")?;
-    let head = shape("head.weight")?;
+    let head = matrix("head.weight")?;
     if pos.len() != 3 || pos[1] < 2 {
         return Err(Error::TensorShape {
             name: "pos_embed".into(),

@@ -46,15 +46,16 @@ pub enum ExportSource {
     },
 }
 
-/// Which operators the graph uses. The default is the variant measured fastest with
-/// logits within 1e-4 (see BENCHMARKS.md, ## Export).
+/// Which operators the graph uses. The default is the variant measured fastest on
+/// ONNX Runtime with logits within 1e-4 of PyTorch: `Fused` (see BENCHMARKS.md,
+/// ## Export). Choose `Standard` for other ONNX runtimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GraphVariant {
     /// Default-domain ONNX operators only (runs on any ONNX runtime).
-    #[default]
     Standard,
-    /// ONNX Runtime `com.microsoft` contrib ops (Attention, SkipLayerNormalization,
-    /// Gelu): faster on ONNX Runtime, not portable to other runtimes.
+    /// ONNX Runtime `com.microsoft` contrib ops (`Attention`, `Gelu`/`FastGelu`):
+    /// faster on ONNX Runtime, not loadable by runtimes without those ops.
+    #[default]
     Fused,
 }
 
@@ -136,7 +137,6 @@ pub fn build_model_bytes(
 
 /// Export according to `opts`. Never panics on bad input: every failure is an [`Error`].
 pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
-    prepare_out_dir(&opts.out_dir, &opts.source)?;
     match &opts.source {
         ExportSource::Checkpoint(dir) => {
             let ck = checkpoint::Checkpoint::open(dir)?;
@@ -214,6 +214,8 @@ fn write_folder(
         metadata: meta,
     };
     let model = vit_graph::build_vit(cfg, weights, &gopts)?;
+    // Only now, with the source read and the graph built, touch the output folder.
+    prepare_out_dir(&opts.out_dir, &opts.source)?;
     let model_path = opts.out_dir.join("model.onnx");
     atomic_write(&model_path, |w| model.write_to(w))?;
     let model_bytes = std::fs::metadata(&model_path)

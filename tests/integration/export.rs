@@ -533,6 +533,10 @@ fn export_bad_checkpoints_fail_with_typed_errors() {
         Err(Error::MissingTensor { name }) => assert_eq!(name, missing),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
+    assert!(
+        !tmp.path().join("missing-out").exists(),
+        "a failed export leaves no folder"
+    );
     // Wrong shape.
     let mut t = good.clone();
     let bad = "vit.encoder.layer.2.intermediate.dense.weight";
@@ -790,4 +794,190 @@ fn export_passes_onnx_checker_both_variants() {
         !r.status.success(),
         "checker accepted a graph with a dangling input"
     );
+}
+
+// ---------------------------------------------------------------- graph shape, opsets
+
+fn op_types(model: &Path) -> Vec<(String, String)> {
+    use prost::Message;
+    let m = vit_batch::onnx::ModelProto::decode(std::fs::read(model).unwrap().as_slice()).unwrap();
+    m.graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| {
+            (
+                n.domain.clone().unwrap_or_default(),
+                n.op_type.clone().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn export_variants_use_the_ops_they_claim() {
+    let tmp = util::tempdir();
+    let src = || ExportSource::Preset {
+        name: "vit-micro".into(),
+        seed: 1,
+        num_labels: 3,
+    };
+    let count = |ops: &[(String, String)], dom: &str, op: &str| {
+        ops.iter().filter(|(d, o)| d == dom && o == op).count()
+    };
+    let mut o = ExportOptions::new(src(), tmp.path().join("std"));
+    o.variant = GraphVariant::Standard;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("std/model.onnx"));
+    assert!(
+        ops.iter().all(|(d, _)| d.is_empty()),
+        "Standard uses only the default domain"
+    );
+    assert_eq!(count(&ops, "", "Softmax"), 4);
+    assert_eq!(count(&ops, "", "Erf"), 4);
+    let mut o = ExportOptions::new(src(), tmp.path().join("fused"));
+    o.variant = GraphVariant::Fused;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("fused/model.onnx"));
+    // vit-micro has 4 blocks; the last one attends from [CLS] only (unfused).
+    assert_eq!(count(&ops, "com.microsoft", "Attention"), 3);
+    assert_eq!(count(&ops, "com.microsoft", "Gelu"), 4);
+    assert_eq!(count(&ops, "", "Softmax"), 1);
+    assert_eq!(
+        count(&ops, "", "Slice"),
+        2,
+        "last block: [CLS] rows of LN output and residual"
+    );
+    // With attention outputs the fused variant keeps the unfused attention.
+    o.with_attentions = true;
+    export(&o).unwrap();
+    let ops = op_types(&tmp.path().join("fused/model.onnx"));
+    assert_eq!(
+        (
+            count(&ops, "com.microsoft", "Attention"),
+            count(&ops, "", "Softmax")
+        ),
+        (0, 4)
+    );
+}
+
+#[test]
+fn export_other_opsets_give_the_same_logits() {
+    let tmp = util::tempdir();
+    let px = random_pixels(2, 32, 5);
+    let mut base = None;
+    for opset in [18, 17, 21] {
+        let out = tmp.path().join(format!("o{opset}"));
+        let mut o = ExportOptions::new(
+            ExportSource::Preset {
+                name: "vit-micro".into(),
+                seed: 2,
+                num_labels: 3,
+            },
+            &out,
+        );
+        o.opset = opset;
+        export(&o).unwrap();
+        let got = run(&mut session(&out.join("model.onnx")), &px)
+            .remove("logits")
+            .unwrap();
+        match &base {
+            None => base = Some(got),
+            Some(b) => assert_eq!(&got, b, "opset {opset}"),
+        }
+    }
+}
+
+#[test]
+fn export_config_without_labels_takes_them_from_the_head() {
+    let spec = vit_spec();
+    let mut cfg = config_json("vit", &spec);
+    cfg.as_object_mut().unwrap().remove("id2label");
+    let tmp = util::tempdir();
+    let ck = tmp.path().join("ck");
+    write_checkpoint(&ck, &cfg, &random_hf_tensors("vit", &spec, 4));
+    let s = export_ck(&ck, &tmp.path().join("out")).unwrap();
+    assert_eq!(s.num_labels, 7);
+    let out_cfg =
+        vit_batch::vit::VitConfig::from_file(&tmp.path().join("out/config.json")).unwrap();
+    assert_eq!(out_cfg.labels().unwrap()[6], "LABEL_6");
+}
+
+/// Copy fixtures/hf-parity/timm into `dir`, adding `extra` tensors and editing config.json.
+fn timm_variant(
+    dir: &Path,
+    extra: &[(&str, Vec<usize>)],
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let src = util::fixtures().join("hf-parity/timm");
+    std::fs::create_dir_all(dir).unwrap();
+    let buf = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let zeros: Vec<Vec<u8>> = extra
+        .iter()
+        .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+        .collect();
+    let mut views = st.tensors();
+    for ((n, s), z) in extra.iter().zip(&zeros) {
+        views.push((
+            n.to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), z).unwrap(),
+        ));
+    }
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn export_timm_unsupported_features_are_refused() {
+    let tmp = util::tempdir();
+    let ck = tmp.path().join("fcnorm");
+    timm_variant(
+        &ck,
+        &[("fc_norm.weight", vec![32]), ("fc_norm.bias", vec![32])],
+        |_| {},
+    );
+    let e = export_ck(&ck, &tmp.path().join("o1")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("fc_norm")),
+        "{e}"
+    );
+    let ck = tmp.path().join("ls");
+    timm_variant(&ck, &[("blocks.0.ls1.gamma", vec![32])], |_| {});
+    let e = export_ck(&ck, &tmp.path().join("o2")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("layer scale")),
+        "{e}"
+    );
+    // Heads cannot be read from weights: without model_args.num_heads, the name decides.
+    let ck = tmp.path().join("noheads");
+    timm_variant(&ck, &[], |c| {
+        c.as_object_mut().unwrap().remove("model_args");
+        c["architecture"] = json!("vit_custom_patch8");
+    });
+    let e = export_ck(&ck, &tmp.path().join("o3")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Config { what } if what.contains("num_heads")),
+        "{e}"
+    );
+    let ck = tmp.path().join("avgpool");
+    timm_variant(&ck, &[], |c| c["global_pool"] = json!("avg"));
+    let e = export_ck(&ck, &tmp.path().join("o4")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what } if what.contains("global_pool")),
+        "{e}"
+    );
+    // An unknown extra tensor is exported and reported.
+    let ck = tmp.path().join("extra");
+    timm_variant(&ck, &[("aux_head.weight", vec![2, 32])], |_| {});
+    let s = export_ck(&ck, &tmp.path().join("o5")).unwrap();
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(s.warnings[0].contains("aux_head.weight"));
 }

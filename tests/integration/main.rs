@@ -6,4 +6,5 @@ mod export;
 mod reference_vit;
 mod report;
 mod synth;
+mod train;
 mod util;
