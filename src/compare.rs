@@ -429,6 +429,21 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
+/// A signed change in percentage points, without "-0.00".
+fn signed_pp(x: f64) -> String {
+    let x = if x.abs() < 0.005 { 0.0 } else { x };
+    format!("{x:+.2} pp")
+}
+
+/// A p-value for humans.
+fn fmt_p(p: f64) -> String {
+    if p >= 1e-3 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.3e}")
+    }
+}
+
 /// Compare two runs and evaluate the gates. Errors (exit 2 in the CLI) are bad input:
 /// missing or unreadable runs, image sets that differ without `allow_partial`, labels
 /// that changed, or nothing to compare. A regression is *not* an error: it is the
@@ -552,17 +567,12 @@ pub fn compare_runs(
         } else {
             Verdict::Pass
         },
-        threshold: format!("top-1 drop <= {:.2} pp", opts.max_accuracy_drop_pp),
+        threshold: format!("top-1 drop ≤ {:.2} pp", opts.max_accuracy_drop_pp),
         observed: format!(
-            "{} -> {} ({} {:.2} pp) on {} images",
+            "{} → {} ({}) on {} images",
             pct(acc_b),
             pct(acc_c),
-            if accuracy.drop_pp > 0.0 {
-                "drop"
-            } else {
-                "change +"
-            },
-            accuracy.drop_pp.abs(),
+            signed_pp(-accuracy.drop_pp),
             compared
         ),
         message: if acc_fail {
@@ -607,18 +617,18 @@ pub fn compare_runs(
             Verdict::Fail
         },
         threshold: format!(
-            "per-class recall drop <= {:.2} pp (classes with >= {} images)",
+            "per-class recall drop ≤ {:.2} pp (classes with ≥ {} images)",
             opts.max_class_recall_drop_pp, opts.min_class_support
         ),
         observed: match worst {
             Some(w) => format!(
-                "{} of {} classes gated; worst: '{}' {} -> {} ({:+.2} pp)",
+                "{} of {} classes gated; worst: '{}' {} → {} ({})",
                 gated.len(),
                 per_class.len(),
                 w.class,
                 pct(w.baseline_recall),
                 pct(w.candidate_recall),
-                -w.drop_pp
+                signed_pp(-w.drop_pp)
             ),
             None => format!("no class has {} or more images", opts.min_class_support),
         },
@@ -649,11 +659,15 @@ pub fn compare_runs(
     gates.push(Gate {
         name: "mcnemar".into(),
         verdict: if mc_fail { Verdict::Fail } else { Verdict::Pass },
-        threshold: format!("not (c < b and p < {})", opts.alpha),
-        observed: format!("b = {b} right->wrong, c = {c} wrong->right, p = {p:.4e}"),
+        threshold: format!("fails if c < b and p < {}", opts.alpha),
+        observed: format!(
+            "b = {b} right→wrong, c = {c} wrong→right, p = {}",
+            fmt_p(p)
+        ),
         message: if mc_fail {
             format!(
-                "the candidate is significantly worse: {b} images became wrong, {c} became right (McNemar exact p = {p:.3e} < {})",
+                "the candidate is significantly worse: {b} images became wrong, {c} became right (McNemar exact p = {} < {})",
+                fmt_p(p),
                 opts.alpha
             )
         } else if b + c == 0 {
@@ -662,7 +676,8 @@ pub fn compare_runs(
             format!("{c} images became right, {b} became wrong: no regression")
         } else {
             format!(
-                "{b} images became wrong, {c} became right: not significant (p = {p:.3e} >= {})",
+                "{b} images became wrong, {c} became right: not significant (p = {} ≥ {})",
+                fmt_p(p),
                 opts.alpha
             )
         },
@@ -685,14 +700,14 @@ pub fn compare_runs(
             name: "throughput".into(),
             verdict: Verdict::Skipped,
             threshold: "off (set a maximum throughput drop to enable)".into(),
-            observed: format!("{tb:.1} -> {tc:.1} images/s"),
+            observed: format!("{tb:.1} → {tc:.1} images/s"),
             message: "skipped: the throughput gate is off".into(),
         },
         Some(max) if !(tb > 0.0 && tb.is_finite() && tc.is_finite()) => Gate {
             name: "throughput".into(),
             verdict: Verdict::Skipped,
-            threshold: format!("images/s drop <= {max:.2}%"),
-            observed: format!("{tb:.1} -> {tc:.1} images/s"),
+            threshold: format!("images/s drop ≤ {max:.2}%"),
+            observed: format!("{tb:.1} → {tc:.1} images/s"),
             message: "skipped: the baseline records no throughput".into(),
         },
         Some(max) => {
@@ -701,8 +716,8 @@ pub fn compare_runs(
             Gate {
                 name: "throughput".into(),
                 verdict: if fail { Verdict::Fail } else { Verdict::Pass },
-                threshold: format!("images/s drop <= {max:.2}%"),
-                observed: format!("{tb:.1} -> {tc:.1} images/s ({:+.2}%)", -drop),
+                threshold: format!("images/s drop ≤ {max:.2}%"),
+                observed: format!("{tb:.1} → {tc:.1} images/s ({:+.2}%)", -drop),
                 message: if fail {
                     format!("throughput dropped by {drop:.2}%, more than the allowed {max:.2}%")
                 } else {
@@ -752,7 +767,7 @@ impl CompareReport {
             .map(|g| g.name.as_str())
             .collect();
         format!(
-            "{}: top-1 {} -> {} ({:+.2} pp), {} right->wrong, {} wrong->right, McNemar p = {:.3e}{}",
+            "{}: top-1 {} → {} ({}), {} right→wrong, {} wrong→right, McNemar p = {}{}",
             if failed.is_empty() {
                 "PASS".to_string()
             } else {
@@ -760,10 +775,10 @@ impl CompareReport {
             },
             pct(self.accuracy.baseline),
             pct(self.accuracy.candidate),
-            -self.accuracy.drop_pp,
+            signed_pp(-self.accuracy.drop_pp),
             self.mcnemar.b,
             self.mcnemar.c,
-            self.mcnemar.p_value,
+            fmt_p(self.mcnemar.p_value),
             if self.coverage.partial {
                 format!(
                     "; partial: {} common images ({:.1}% coverage)",
@@ -880,12 +895,12 @@ impl CompareReport {
             for c in &self.per_class {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:+.2} pp | {} |",
+                    "| {} | {} | {} | {} | {} | {} |",
                     md_cell(&c.class),
                     c.support,
                     pct(c.baseline_recall),
                     pct(c.candidate_recall),
-                    -c.drop_pp,
+                    signed_pp(-c.drop_pp),
                     if c.regressed {
                         "❌"
                     } else if c.gated {
@@ -960,7 +975,7 @@ impl CompareReport {
                 Verdict::Fail => {
                     let mut body = detail.clone();
                     if g.name == "mcnemar" || g.name == "accuracy" || g.name == "class_recall" {
-                        let _ = write!(body, "\nright -> wrong ({}):", self.regressions.len());
+                        let _ = write!(body, "\nright → wrong ({}):", self.regressions.len());
                         for f in self.regressions.iter().take(100) {
                             let _ = write!(
                                 body,

@@ -183,7 +183,8 @@ impl Stage {
 pub struct ReportPlan {
     pub run_dir: PathBuf,
     pub out_dir: Option<PathBuf>,
-    pub formats: Option<Vec<String>>,
+    /// Empty = all formats.
+    pub formats: Vec<crate::report::Format>,
 }
 
 #[derive(Debug, Clone)]
@@ -502,20 +503,19 @@ pub fn plan(file: &Path, pf: &PipelineFile) -> Result<Plan> {
                 ))
             }
         };
-        if let Some(f) = &r.formats {
-            for x in f {
-                if !["html", "png", "md", "json"].contains(&x.as_str()) {
-                    return Err(perr(
-                        file,
-                        format!("[report] formats: unknown format \"{x}\" (html, png, md, json)"),
-                    ));
-                }
-            }
-        }
+        let formats = r
+            .formats
+            .iter()
+            .flatten()
+            .map(|x| {
+                x.parse::<crate::report::Format>()
+                    .map_err(|e| perr(file, format!("[report] formats: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         stages.push(Stage::Report(ReportPlan {
             run_dir,
             out_dir: r.out.clone(),
-            formats: r.formats.clone(),
+            formats,
         }));
     }
 
@@ -669,7 +669,12 @@ pub fn run(plan: &Plan, quiet: bool) -> Result<PipelineOutcome> {
             }
             Stage::Report(r) => {
                 say(format!("{head}: {}", r.run_dir.display()));
-                run_report(r).map_err(|e| stage_err(name, e))?;
+                let s = run_report(r).map_err(|e| stage_err(name, e))?;
+                say(format!(
+                    "{head}: wrote {} file(s) to {}",
+                    s.files.len(),
+                    s.out_dir.display()
+                ));
             }
             Stage::Gate(g) => {
                 say(format!(
@@ -695,13 +700,11 @@ pub fn run(plan: &Plan, quiet: bool) -> Result<PipelineOutcome> {
     Ok(out)
 }
 
-/// The report stage: `report::render` is not in this build yet (branch `report`).
-fn run_report(r: &ReportPlan) -> Result<()> {
-    let _ = (&r.out_dir, &r.formats);
-    Err(Error::Pipeline {
-        what: format!(
-            "the report stage is not available in this build (report module not merged); disable [report] to score and gate {}",
-            r.run_dir.display()
-        ),
+/// The report stage: `report::render` on the run folder.
+fn run_report(r: &ReportPlan) -> Result<crate::report::ReportSummary> {
+    crate::report::render(&crate::report::ReportOptions {
+        run_dir: r.run_dir.clone(),
+        out_dir: r.out_dir.clone(),
+        formats: r.formats.clone(),
     })
 }

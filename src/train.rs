@@ -387,7 +387,6 @@ pub fn init_parameters(cfg: &VitConfig, seed: u64) -> Result<Vec<(String, Tensor
     for (name, o, i) in &mats {
         trunc(format!("{name}.weight"), vec![*o, *i], &mut rng)?;
     }
-    drop(trunc);
     let zeros = |n: usize| Tensor::zeros(n, DType::F32, &dev);
     let ones = |n: usize| Tensor::ones(n, DType::F32, &dev);
     out.push((format!("{e}.patch_embeddings.projection.bias"), zeros(d)?));
@@ -945,6 +944,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     varmap.save(&st_path).map_err(|e| Error::Output {
         what: format!("{}: {e}", st_path.display()),
     })?;
+    // candle writes the file 0600; a checkpoint is meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&st_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(&st_path, e))?;
+    }
     write_file(&opts.out_dir.join("config.json"), cfg.to_json().as_bytes())?;
     let pp_json = serde_json::to_string_pretty(&pp_cfg)?;
     write_file(
@@ -1019,7 +1025,7 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{n}");
         }
-        assert_eq!(names.len(), 5 + 16 * 4 + 2);
+        assert_eq!(names.len(), 4 + 16 * 4 + 4);
         let w = |v: &[(String, Tensor)]| {
             v.iter()
                 .find(|(n, _)| n == "classifier.weight")

@@ -664,3 +664,229 @@ fn bad_inputs_exit_2_and_say_why() {
     assert_eq!(o.status.code(), Some(2));
     assert!(util::stderr(&o).contains("alpha"), "{}", util::stderr(&o));
 }
+
+// ---------------------------------------------------------------------------
+// The trained fixture model, degraded, end to end through `vit-batch run`.
+
+fn fixture_model() -> PathBuf {
+    util::fixtures().join("models/vit-digits")
+}
+
+fn baseline() -> PathBuf {
+    util::repo().join("reports/baselines/digits")
+}
+
+/// A pipeline file scoring `model` on the digits test set into `dir/run` and gating
+/// against the committed baseline (all paths absolute).
+fn gate_pipeline(dir: &Path, model: &Path) -> PathBuf {
+    let p = dir.join("p.toml");
+    let text = format!(
+        r#"name = "t"
+[score]
+data_dir = "{data}"
+model = "{model}"
+out = "{run}"
+threads = 2
+
+[gate]
+baseline = "{base}"
+junit = "{run}/gate.xml"
+markdown = "{run}/gate.md"
+json = "{run}/gate.json"
+"#,
+        data = digits_test().display(),
+        model = model.display(),
+        run = dir.join("run").display(),
+        base = baseline().display(),
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_pipeline(cwd: &Path, file: &Path) -> Output {
+    let o = util::bin()
+        .current_dir(cwd)
+        .arg("run")
+        .arg(file)
+        .output()
+        .unwrap();
+    util::assert_no_panic(&o);
+    o
+}
+
+#[test]
+fn pipeline_fixture_model_passes_against_committed_baseline() {
+    let t = util::tempdir();
+    let p = gate_pipeline(t.path(), &fixture_model());
+    let o = run_pipeline(t.path(), &p);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    let r = read_json(&t.path().join("run/gate.json"));
+    assert_eq!(r["verdict"], "pass");
+    assert_eq!(
+        r["mcnemar"]["b"], 0,
+        "the committed baseline is reproducible"
+    );
+    assert_eq!(r["mcnemar"]["c"], 0);
+    assert_eq!(r["coverage"]["compared"], 360);
+    assert_one_testcase_per_gate(&junit_cases(&t.path().join("run/gate.xml")));
+}
+
+#[test]
+fn pipeline_degraded_fixture_model_fails_with_exit_1_naming_images() {
+    let t = util::tempdir();
+    let base_rows = read_parquet(&baseline().join("predictions.parquet")).unwrap();
+    let (a, b) = (3u32, 8u32);
+    let degraded = t.path().join("degraded");
+    swap_head_classes(&fixture_model(), &degraded, a as usize, b as usize);
+    // Independent expectation from the baseline rows: predictions a and b trade places.
+    let swapped = |p: u32| match p {
+        p if p == a => b,
+        p if p == b => a,
+        p => p,
+    };
+    let mut want_bad = BTreeSet::new();
+    let mut want_good = BTreeSet::new();
+    for r in &base_rows {
+        let (t, p) = (r.label_id.unwrap(), r.pred_id.unwrap());
+        match (p == t, swapped(p) == t) {
+            (true, false) => want_bad.insert(r.path.clone()),
+            (false, true) => want_good.insert(r.path.clone()),
+            _ => false,
+        };
+    }
+    assert!(want_bad.len() >= 60, "{}", want_bad.len());
+    let p = gate_pipeline(t.path(), &degraded);
+    let o = run_pipeline(t.path(), &p);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", util::stderr(&o));
+    assert!(out.contains("FAIL"), "{out}");
+    let first = want_bad.iter().next().unwrap();
+    assert!(out.contains(first.as_str()), "names {first}: {out}");
+    let r = read_json(&t.path().join("run/gate.json"));
+    assert_eq!(paths(&r["regressions"]), want_bad);
+    assert_eq!(paths(&r["fixes"]), want_good);
+    let cases = junit_cases(&t.path().join("run/gate.xml"));
+    assert_one_testcase_per_gate(&cases);
+    for name in ["accuracy", "class_recall", "mcnemar"] {
+        assert!(
+            cases.iter().any(|c| c.0 == name && c.1),
+            "{name}: {cases:?}"
+        );
+    }
+    // Per-class: exactly the two swapped classes regressed.
+    let regressed: BTreeSet<String> = r["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["regressed"] == true)
+        .map(|c| c["class"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        regressed,
+        [a.to_string(), b.to_string()].into_iter().collect()
+    );
+    let md = std::fs::read_to_string(t.path().join("run/gate.md")).unwrap();
+    assert!(md.contains("REGRESSION") && md.contains(first.as_str()));
+}
+
+// ---------------------------------------------------------------------------
+// (c) pipeline validation
+
+fn expect_pipeline_error(text: &str, needles: &[&str]) {
+    let t = util::tempdir();
+    let p = t.path().join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    let o = run_pipeline(t.path(), &p);
+    let e = util::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}\n{}{e}", stdout(&o));
+    for n in needles {
+        assert!(e.contains(n), "error names {n:?}: {e}");
+    }
+    // Validation happens before any stage: nothing was written.
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("bad.toml")], "{e}");
+}
+
+fn score_table(model: &str) -> String {
+    format!(
+        "[score]\ndata_dir = \"{}\"\nmodel = \"{model}\"\nout = \"out\"\n",
+        digits_test().display()
+    )
+}
+
+#[test]
+fn pipeline_validation_errors_exit_2_and_name_the_key_or_path() {
+    let model = fixture_model().display().to_string();
+    // Unknown key in a table, and an unknown table.
+    expect_pipeline_error(
+        &format!("{}batchsize = 3\n", score_table(&model)),
+        &["unknown key", "batchsize", "bad.toml"],
+    );
+    expect_pipeline_error(
+        &format!("{}[scoring]\nx = 1\n", score_table(&model)),
+        &["unknown key", "scoring"],
+    );
+    // A missing key.
+    expect_pipeline_error(
+        "[score]\nmodel = \"m\"\nout = \"o\"\n",
+        &["missing key", "data_dir"],
+    );
+    // Missing paths, each named with its key.
+    expect_pipeline_error(
+        &score_table("no/such/model"),
+        &["[score] model", "no/such/model", "current directory"],
+    );
+    expect_pipeline_error(
+        &format!(
+            "{}[gate]\nbaseline = \"no/such/baseline\"\n",
+            score_table(&model)
+        ),
+        &["[gate] baseline", "no/such/baseline"],
+    );
+    expect_pipeline_error(
+        "[score]\ndata_dir = \"nope-data\"\nmodel = \"m\"\nout = \"o\"\n",
+        &["[score] data_dir", "nope-data"],
+    );
+    // Scoring into the baseline would overwrite it.
+    expect_pipeline_error(
+        &format!(
+            "[score]\ndata_dir = \"{}\"\nmodel = \"{model}\"\nout = \"{b}\"\n[gate]\nbaseline = \"{b}\"\n",
+            digits_test().display(),
+            b = baseline().display()
+        ),
+        &["overwrite the baseline"],
+    );
+    // Bad values.
+    expect_pipeline_error(
+        &format!(
+            "{}[gate]\nbaseline = \"{}\"\nalpha = 2.0\n",
+            score_table(&model),
+            baseline().display()
+        ),
+        &["[gate]", "alpha"],
+    );
+    expect_pipeline_error("name = \"x\"\n", &["no stage to run"]);
+    expect_pipeline_error("[score\n", &["bad.toml"]);
+}
+
+#[test]
+fn committed_pipelines_validate() {
+    for p in ["pipelines/digits.toml", "pipelines/nightly.toml"] {
+        let o = util::bin()
+            .current_dir(util::repo())
+            .args(["run", "--check", p])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{p}: {}", util::stderr(&o));
+        assert!(stdout(&o).contains("gate"), "{}", stdout(&o));
+    }
+}
