@@ -238,12 +238,12 @@ pub fn build_vit<'b>(
                 &[],
                 &format!("{pre}.attn.input"),
             );
-            let mut ins = vec![x3.as_str(), wn.as_str()];
-            let bn;
-            if let Some(b) = bqkv {
-                bn = g.weight(&format!("{pre}.attn.qkv_packed.bias"), &b.shape, b.data);
-                ins.push(&bn);
-            }
+            let bn = g.weight(
+                &format!("{pre}.attn.qkv_packed.bias"),
+                &bqkv.shape,
+                bqkv.data,
+            );
+            let ins = [x3.as_str(), wn.as_str(), bn.as_str()];
             let ctx = g.op_in(
                 MS_DOMAIN,
                 "Attention",
@@ -492,7 +492,7 @@ fn gelu(g: &mut GraphBuilder<'_>, x: &str, act: Act, name: &str) -> String {
 fn packed_qkv(
     cfg: &VitConfig,
     l: &super::weights::LayerWeights<'_>,
-) -> (Tensor<'static>, Option<Tensor<'static>>) {
+) -> (Tensor<'static>, Tensor<'static>) {
     let d = cfg.hidden_size;
     let mut out = vec![0f32; d * 3 * d];
     for (k, t) in [&l.q_w, &l.k_w, &l.v_w].into_iter().enumerate() {
@@ -503,16 +503,15 @@ fn packed_qkv(
             }
         }
     }
-    let bias = if l.q_b.is_some() || l.k_b.is_some() || l.v_b.is_some() {
-        let mut b = vec![0f32; 3 * d];
-        for (k, t) in [&l.q_b, &l.k_b, &l.v_b].into_iter().enumerate() {
-            if let Some(t) = t {
-                b[k * d..(k + 1) * d].copy_from_slice(&t.to_f32());
-            }
+    // Always a bias, zeros when the checkpoint has none (qkv_bias = false): ONNX
+    // Runtime 1.31's CPU Attention kernel crashes (SIGSEGV) when the optional bias
+    // input is omitted.
+    let mut b = vec![0f32; 3 * d];
+    for (k, t) in [&l.q_b, &l.k_b, &l.v_b].into_iter().enumerate() {
+        if let Some(t) = t {
+            b[k * d..(k + 1) * d].copy_from_slice(&t.to_f32());
         }
-        Some(Tensor::from_f32(vec![3 * d], &b))
-    } else {
-        None
-    };
+    }
+    let bias = Tensor::from_f32(vec![3 * d], &b);
     (Tensor::from_f32(vec![d, 3 * d], &out), bias)
 }

@@ -341,7 +341,14 @@ fn export_checkpoints_match_reference_both_variants() {
         dist: true,
         teacher: true,
     };
-    let cases: [(&str, CkSpec); 2] = [("vit", vit_spec()), ("deit", deit)];
+    // DeiTForImageClassification (no teacher): distillation token, one head on [CLS].
+    let deit_plain = CkSpec {
+        teacher: false,
+        act: "gelu",
+        qkv_bias: true,
+        ..deit
+    };
+    let cases: [(&str, CkSpec); 3] = [("vit", vit_spec()), ("deit", deit), ("deit", deit_plain)];
     for (prefix, spec) in &cases {
         let tmp = util::tempdir();
         let ck = tmp.path().join("ck");
@@ -358,11 +365,11 @@ fn export_checkpoints_match_reference_both_variants() {
             eps: spec.eps,
             tanh_gelu: spec.act != "gelu",
         };
-        for variant in VARIANTS {
-            let out = tmp.path().join(format!("out-{variant:?}"));
+        for (variant, attn) in VARIANTS.into_iter().flat_map(|v| [(v, true), (v, false)]) {
+            let out = tmp.path().join(format!("out-{variant:?}-{attn}"));
             let mut o = ExportOptions::new(ExportSource::Checkpoint(ck.clone()), &out);
             o.variant = variant;
-            o.with_attentions = true;
+            o.with_attentions = attn;
             let s = export(&o).unwrap();
             assert!(s.warnings.is_empty(), "{:?}", s.warnings);
             let want_sha = {
@@ -377,8 +384,8 @@ fn export_checkpoints_match_reference_both_variants() {
                 &rc,
                 &tensors,
                 spec.labels,
-                true,
-                &format!("{prefix} {variant:?}"),
+                attn,
+                &format!("{prefix} {variant:?} attn={attn} teacher={}", spec.teacher),
             );
         }
     }
@@ -980,4 +987,59 @@ fn export_timm_unsupported_features_are_refused() {
     let s = export_ck(&ck, &tmp.path().join("o5")).unwrap();
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
     assert!(s.warnings[0].contains("aux_head.weight"));
+}
+
+/// BF16 checkpoints are widened to f32 on export (exactly: bf16 is f32's top half).
+#[test]
+fn export_bf16_checkpoint_matches_reference() {
+    let spec = vit_spec();
+    let mut tensors = random_hf_tensors("vit", &spec, 21);
+    for (_, v) in tensors.values_mut() {
+        for x in v.iter_mut() {
+            *x = f32::from_bits(x.to_bits() & 0xffff_0000);
+        }
+    }
+    let tmp = util::tempdir();
+    let ck = tmp.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(
+        ck.join("config.json"),
+        serde_json::to_vec(&config_json("vit", &spec)).unwrap(),
+    )
+    .unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (sh, v))| {
+            let b = v
+                .iter()
+                .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+                .collect();
+            (k.clone(), sh.clone(), b)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, sh, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, sh.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &ck.join("model.safetensors")).unwrap();
+    let out = tmp.path().join("out");
+    export_ck(&ck, &out).unwrap();
+    let rc = RefConfig {
+        prefix: "vit",
+        image: spec.image,
+        patch: spec.patch,
+        channels: 3,
+        hidden: spec.hidden,
+        layers: spec.layers,
+        heads: spec.heads,
+        eps: spec.eps,
+        tanh_gelu: false,
+    };
+    check_against_reference(&out, &rc, &tensors, spec.labels, false, "bf16");
 }
