@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use ndarray::{Array4, ArrayD};
 use ort::session::Session;
@@ -21,16 +20,11 @@ use crate::util;
 const TOL: f64 = 1e-4;
 const VARIANTS: [GraphVariant; 2] = [GraphVariant::Standard, GraphVariant::Fused];
 
-/// ONNX Runtime, initialised once per test binary from `util::ort_lib()`.
+/// ONNX Runtime, initialised once per test binary through the library's own loader
+/// (ONNX Runtime allows one environment per process, shared by all test modules).
 fn env() -> &'static ort::environment::Environment {
-    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
-    ENV.get_or_init(|| {
-        ort::init_from(util::ort_lib())
-            .expect("load ONNX Runtime")
-            .with_name("vit-batch-tests")
-            .build()
-            .expect("ORT environment")
-    })
+    vit_batch::runtime::init(Some(&util::ort_lib()), false).expect("load ONNX Runtime");
+    vit_batch::runtime::environment().expect("ORT environment")
 }
 
 fn session(model: &Path) -> Session {
