@@ -890,3 +890,74 @@ fn committed_pipelines_validate() {
         assert!(stdout(&o).contains("gate"), "{}", stdout(&o));
     }
 }
+
+#[test]
+fn pipeline_runs_every_stage_in_order() {
+    // A tiny but real train -> export -> score -> report -> gate chain, from a cwd
+    // that makes the pipeline's relative paths resolve into the temp folder.
+    let t = util::tempdir();
+    let cwd = t.path();
+    let text = format!(
+        r#"name = "chain"
+[train]
+data_dir = "{train}"
+preset = "vit-micro"
+out = "ck"
+epochs = 1
+limit_per_class = 8
+threads = 1
+
+[export]
+out = "model"
+
+[score]
+data_dir = "{test}"
+model = "ignored-when-export-runs"
+out = "run"
+limit = 40
+threads = 2
+
+[report]
+formats = ["md", "json"]
+
+[gate]
+baseline = "base"
+max_accuracy_drop_pp = 100
+max_class_recall_drop_pp = 100
+json = "gate.json"
+"#,
+        train = util::fixtures().join("digits/train").display(),
+        test = digits_test().display(),
+    );
+    std::fs::write(cwd.join("p.toml"), text).unwrap();
+    // The baseline: the same 40 images, shared run rows with metrics.
+    let base_rows = read_parquet(&baseline().join("predictions.parquet")).unwrap();
+    write_run(&baseline(), &cwd.join("base"), &base_rows[..40]);
+    let o = run_pipeline(cwd, Path::new("p.toml"));
+    let e = util::stderr(&o);
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(1)),
+        "{}{e}",
+        stdout(&o)
+    );
+    let order: Vec<usize> = ["] train", "] export", "] score", "] report", "] gate"]
+        .iter()
+        .map(|s| e.find(s).unwrap_or_else(|| panic!("stage {s} ran: {e}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "stage order: {e}");
+    assert!(
+        e.contains("ignored-when-export-runs"),
+        "note about score.model: {e}"
+    );
+    assert!(cwd.join("ck/model.safetensors").is_file());
+    assert!(cwd.join("model/model.onnx").is_file());
+    assert!(cwd.join("run/report.md").is_file() && cwd.join("run/report.json").is_file());
+    assert!(
+        !cwd.join("run/report.html").exists(),
+        "only the formats asked for"
+    );
+    let r = read_json(&cwd.join("gate.json"));
+    assert_eq!(r["coverage"]["compared"], 40);
+    let m = read_json(&cwd.join("run/metrics.json"));
+    assert!(m["run"]["model"].as_str().unwrap().ends_with("model"));
+}
