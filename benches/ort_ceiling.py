@@ -43,11 +43,10 @@ def main():
     if not entries:
         sys.exit(f"no images under {a.data}")
     t = time.perf_counter()
-    xs = np.stack([pre(a.data / rel) for rel, _ in entries])
-    prep_s = time.perf_counter() - t
     bs = a.batch_size
-    batches = [np.ascontiguousarray(xs[s : s + bs]) for s in range(0, len(xs), bs)]
-    del xs
+    batches = [np.stack([pre(a.data / rel) for rel, _ in entries[s : s + bs]])
+               for s in range(0, len(entries), bs)]
+    prep_s = time.perf_counter() - t
     n = len(entries)
     spins = {"on": [True], "off": [False], "best": [True, False]}[a.spin]
     best, best_spin = None, None
