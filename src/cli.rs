@@ -281,7 +281,10 @@ fn render_report(run_dir: &std::path::Path, quiet: bool) -> Result<()> {
     let r = vit_batch::report::render(&vit_batch::report::ReportOptions::new(run_dir))
         .with_context(|| format!("rendering the report of {}", run_dir.display()))?;
     if !quiet {
-        eprintln!("vit-batch: report: {}", run_dir.join("report.html").display());
+        eprintln!(
+            "vit-batch: report: {}",
+            run_dir.join("report.html").display()
+        );
     }
     let _ = r;
     Ok(())

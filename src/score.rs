@@ -714,7 +714,10 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
         tool: "vit-batch".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         // Absolute, so the report finds thumbnails from any working directory.
-        data_dir: std::fs::canonicalize(&opts.data_dir).unwrap_or_else(|_| opts.data_dir.clone()).display().to_string(),
+        data_dir: std::fs::canonicalize(&opts.data_dir)
+            .unwrap_or_else(|_| opts.data_dir.clone())
+            .display()
+            .to_string(),
         model: opts.model.display().to_string(),
         model_sha256: p.bundle.sha256.clone(),
         onnxruntime_version: p.runtime.version.clone(),
