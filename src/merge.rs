@@ -151,14 +151,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
                 opts.out.display()
             )));
         }
-        for f in score::RUN_FILES {
-            let p = opts.out.join(f);
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-            } else if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-            }
-        }
+        score::clear_run_files(&opts.out)?;
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let rows: Vec<Vec<Row>> = shards

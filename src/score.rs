@@ -186,6 +186,19 @@ fn progress_line(enabled: bool, msg: &str) {
     }
 }
 
+/// Remove vit-batch's own files from a run folder (`--overwrite`); nothing else.
+pub fn clear_run_files(out: &Path) -> Result<()> {
+    for f in RUN_FILES {
+        let p = out.join(f);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        } else if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Prepare OUT_DIR: refuse to mix runs unless asked.
 fn prepare_out_dir(opts: &ScoreOptions) -> Result<()> {
     let out = &opts.out_dir;
@@ -216,14 +229,7 @@ fn prepare_out_dir(opts: &ScoreOptions) -> Result<()> {
                     ),
                 });
             }
-            for f in RUN_FILES {
-                let p = out.join(f);
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-                } else if p.exists() {
-                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-                }
-            }
+            clear_run_files(out)?;
         }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
