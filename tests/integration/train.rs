@@ -2,7 +2,8 @@
 //! `vit-batch export`'s library and scored by the real ONNX Runtime engine; candle vs
 //! ORT logit parity on the trained weights; and the bad inputs `train` must refuse.
 //!
-//! The short run is shared (trained once per test binary) to keep CI time down.
+//! The short run is shared (trained once per process) to keep CI time down; the two
+//! tests that need ONNX Runtime in-process run in a child process (see `in_own_process`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -68,8 +69,40 @@ fn trained() -> &'static Trained {
     })
 }
 
+/// ONNX Runtime allows one environment per process, and other modules of this test
+/// binary (the export tests) create their own. The tests that run ORT in-process
+/// therefore re-run themselves alone in a child process of this binary, where
+/// `vit_batch::runtime::init` is the first and only initialisation.
+/// Returns true in the child (do the work), false in the parent (child passed).
+fn in_own_process(test: &str) -> bool {
+    const CHILD: &str = "VIT_BATCH_TRAIN_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .env("ORT_DYLIB_PATH", util::ort_lib())
+        .output()
+        .expect("spawn the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child run of {test} failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "child did not run {test}:\n{text}"
+    );
+    false
+}
+
 #[test]
 fn train_short_run_learns_and_exported_model_beats_chance() {
+    if !in_own_process("train::train_short_run_learns_and_exported_model_beats_chance") {
+        return;
+    }
     let t = trained();
     let s = &t.summary;
     assert_eq!(
@@ -124,6 +157,9 @@ fn train_short_run_learns_and_exported_model_beats_chance() {
 
 #[test]
 fn train_candle_forward_matches_ort_on_trained_weights() {
+    if !in_own_process("train::train_candle_forward_matches_ort_on_trained_weights") {
+        return;
+    }
     let t = trained();
     let (cfg, model) = vit_batch::train::load_checkpoint(&t.checkpoint).unwrap();
     let pre = Preprocessor::new(PreprocessConfig::vit_default(cfg.image_size as u32)).unwrap();
