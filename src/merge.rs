@@ -3,7 +3,7 @@
 //! A shard is an ordinary run folder whose `run.json` names its shard `K/N`, the
 //! dataset fingerprint, the model and the preprocessing. Shard K holds the entries
 //! `K, K+N, K+2N, ...` of the sorted file list, so the single-machine order is a
-//! round-robin interleave of the shards; the rows then go through the same writer as
+//! round-robin interleave of the shards, streamed in chunks; the rows then go through the same writer as
 //! `score` and `--resume` (`score::write_outputs`), so the merged predictions, metrics
 //! and report are identical to a single run.
 
@@ -154,35 +154,27 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         score::clear_run_files(&opts.out)?;
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let rows: Vec<Vec<Row>> = shards
+    let files: Vec<PathBuf> = shards
         .iter()
-        .map(|s| record::read_parquet(&s.dir.join("predictions.parquet")))
-        .collect::<Result<_>>()?;
-    let total: usize = rows.iter().map(Vec::len).sum();
-    for (s, r) in shards.iter().zip(&rows) {
-        if r.len() != s.identity.rows {
+        .map(|s| s.dir.join("predictions.parquet"))
+        .collect();
+    let mut total = 0;
+    for (s, f) in shards.iter().zip(&files) {
+        let rows = record::parquet_rows(f)?;
+        if rows != s.identity.rows {
             return Err(err(format!(
-                "shard {} holds {} rows, its run.json says {}",
+                "shard {} holds {rows} rows, its run.json says {}",
                 s.dir.display(),
-                r.len(),
                 s.identity.rows
             )));
         }
+        total += rows;
     }
-    // Round-robin interleave restores the single-machine order.
-    let mut iters: Vec<_> = rows.into_iter().map(|v| v.into_iter()).collect();
-    let mut merged = Vec::with_capacity(total);
-    for i in 0..total {
-        match iters[i % n].next() {
-            Some(r) => merged.push(r),
-            None => {
-                return Err(err(format!(
-                    "shard {} has too few rows for a {n}-way split",
-                    shards[i % n].dir.display()
-                )))
-            }
-        }
-    }
+    // Shard k holds global entries k, k+n, k+2n, ...: positions p..p+m of every shard
+    // interleaved round-robin are exactly the global rows p*n..(p+m)*n, so the merge
+    // streams chunk by chunk and memory stays at n*m rows whatever the dataset size.
+    let chunk = 4096usize;
+    let positions = total.div_ceil(n);
     let mut identity = shards[0].identity.clone();
     identity.shard = None;
     identity.rows = total;
@@ -214,7 +206,26 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
     let mut run = shards[0].metrics.run.clone();
     run.shard = None;
     let skipped = shards[0].metrics.metrics.counts.skipped;
-    let chunk = identity.part_rows.max(1);
-    let batches = merged.chunks(chunk).map(|c| Ok(c.to_vec()));
+    let batches = (0..positions).step_by(chunk).map(|p| -> Result<Vec<Row>> {
+        let parts: Vec<Vec<Row>> = files
+            .iter()
+            .map(|f| record::read_parquet_slice(f, p, chunk))
+            .collect::<Result<_>>()?;
+        let mut iters: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
+        let end = ((p + chunk) * n).min(total);
+        let mut out = Vec::with_capacity(end - p * n);
+        for i in p * n..end {
+            match iters[i % n].next() {
+                Some(r) => out.push(r),
+                None => {
+                    return Err(err(format!(
+                        "shard {} has too few rows for a {n}-way split",
+                        shards[i % n].dir.display()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    });
     score::write_outputs(&opts.out, batches, &identity, skipped, throughput, run)
 }

@@ -528,6 +528,39 @@ mod tests {
         assert!(note.unwrap().contains("content is PNG"));
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes (with or without a real image header) never panic: they
+        /// decode or give a message.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            head in proptest::sample::select(vec![&b"\x89PNG\r\n\x1a\n"[..], b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF\0\0\0\0WEBP", b"II*\0", b""]),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        ) {
+            let p = Preprocessor::new(PreprocessConfig::vit_default(8)).unwrap();
+            let mut out = vec![0.0; p.tensor_len()];
+            let bytes: Vec<u8> = head.iter().chain(&tail).copied().collect();
+            let _ = p.process_bytes(&bytes, Some("png"), &mut out);
+        }
+
+        /// Any valid image, any size, gives a tensor of the model's size whose values
+        /// stay in the normalized range [(0-mean)/std, (1-mean)/std].
+        #[test]
+        fn any_image_gives_a_bounded_tensor(w in 1u32..70, h in 1u32..70, seed in 0u64..1000, side in 1u32..40, bicubic in proptest::bool::ANY) {
+            let mut cfg = PreprocessConfig::vit_default(side);
+            if bicubic {
+                cfg.resample = PIL_BICUBIC;
+            }
+            let p = Preprocessor::new(cfg).unwrap();
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let v = (x as u64 * 31 + y as u64 * 17 + seed * 7) % 256;
+                image::Rgb([v as u8, (255 - v) as u8, (v * 3 % 256) as u8])
+            });
+            let mut out = vec![f32::NAN; p.tensor_len()];
+            p.process_bytes(&png(&DynamicImage::ImageRgb8(img)), Some("png"), &mut out).unwrap();
+            proptest::prop_assert!(out.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+        }
+    }
+
     #[test]
     fn center_crop_matches_transformers_offsets() {
         let img = image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 0]));

@@ -278,6 +278,26 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     from_frame(&df)
 }
 
+/// Rows `offset..offset+len` of a predictions file (only the row groups needed).
+pub fn read_parquet_slice(path: &Path, offset: usize, len: usize) -> Result<Vec<Row>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let df = ParquetReader::new(f)
+        .with_slice(Some((offset, len)))
+        .finish()
+        .map_err(|e| Error::Output {
+            what: format!("{}: {e}", path.display()),
+        })?;
+    from_frame(&df)
+}
+
+/// Number of rows in a predictions file (from its footer).
+pub fn parquet_rows(path: &Path) -> Result<usize> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    ParquetReader::new(f).num_rows().map_err(|e| Error::Output {
+        what: format!("{}: {e}", path.display()),
+    })
+}
+
 /// The committed parts of a run: `parts/part-<start>-<end>.parquet` holds the rows
 /// of dataset entries `start..end` (indices in the run's sorted entry list).
 pub struct Parts {
