@@ -343,23 +343,23 @@ impl Parts {
         Ok(out)
     }
 
-    /// Stream the parts (which must tile `0..total` exactly) into one Parquet file,
-    /// one row group per part, atomically.
-    pub fn merge_into(&self, dest: &Path, total: usize) -> Result<()> {
+    /// The committed part files in row order, checked to tile `0..total` exactly
+    /// (no gap, no overlap, nothing missing at the end).
+    pub fn tiled(&self, total: usize) -> Result<Vec<PathBuf>> {
         let ranges = self.ranges()?;
         let mut next = 0;
         for (a, b, _) in &ranges {
             if *a != next {
                 return Err(bad(format!(
-                    "parts do not tile the run: expected a part starting at {next}, found {a}..{b}"
+                    "committed parts are not contiguous: expected a part at row {next}, found {a}..{b}"
                 )));
             }
             next = *b;
         }
         if next != total {
-            return Err(bad(format!("parts cover {next} of {total} rows")));
+            return Err(bad(format!("committed parts cover {next} of {total} rows")));
         }
-        write_streamed(dest, ranges.iter().map(|(_, _, p)| read_parquet(p)))
+        Ok(ranges.into_iter().map(|(_, _, p)| p).collect())
     }
 }
 
@@ -418,8 +418,9 @@ mod tests {
         assert_eq!(read_parquet(&t.path().join("e.parquet")).unwrap(), errs);
         parts.commit(0, &rows[0..10]).unwrap();
         let dest = t.path().join("all.parquet");
-        parts.merge_into(&dest, 25).unwrap();
+        let files = parts.tiled(25).unwrap();
+        write_streamed(&dest, files.iter().map(|p| read_parquet(p))).unwrap();
         assert_eq!(read_parquet(&dest).unwrap(), rows);
-        assert!(parts.merge_into(&dest, 30).is_err());
+        assert!(parts.tiled(30).is_err());
     }
 }

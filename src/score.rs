@@ -763,22 +763,8 @@ pub fn finalize(
     throughput: Throughput,
     run: RunInfo,
 ) -> Result<MetricsFile> {
-    let ranges = parts.ranges()?;
-    let mut next = 0;
-    for (a, b, _) in &ranges {
-        if *a != next {
-            return Err(Error::Output {
-                what: format!("committed parts are not contiguous: expected a part at row {next}, found {a}..{b}"),
-            });
-        }
-        next = *b;
-    }
-    if next != total {
-        return Err(Error::Output {
-            what: format!("committed parts cover {next} of {total} rows"),
-        });
-    }
-    let batches = ranges.iter().map(|(_, _, p)| record::read_parquet(p));
+    let files = parts.tiled(total)?;
+    let batches = files.iter().map(|p| record::read_parquet(p));
     let mf = write_outputs(out, batches, identity, skipped, throughput, run)?;
     std::fs::remove_dir_all(&parts.dir).map_err(|e| Error::io(&parts.dir, e))?;
     Ok(mf)
