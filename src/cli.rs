@@ -244,6 +244,7 @@ fn score(a: ScoreArgs) -> Result<i32> {
     o.max_pixels = a.max_pixels;
     o.resume = a.resume;
     o.overwrite = a.overwrite;
+    o.part_rows = a.checkpoint_rows;
     if let Some((s, source)) = resolve_shard(a.shard.as_deref(), a.shards)? {
         o.shard = Some(s);
         o.shard_source = Some(source);
@@ -579,8 +580,25 @@ pub fn main() -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vit-batch: error: {e:#}");
+            eprintln!("vit-batch: error: {}", error_chain(&e));
             EXIT_ERROR
         }
     }
+}
+
+/// The context chain of an error on one line, without repeating a cause that the
+/// message before it already ends with (typed errors often show their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -38,6 +38,8 @@ pub enum Error {
     Pipeline { what: String },
     #[error("compare: {what}")]
     Compare { what: String },
+    #[error("preprocessing: {0}")]
+    Preprocess(#[from] vit_batch_preprocess::Error),
     #[error("parquet: {0}")]
     Polars(#[from] polars::error::PolarsError),
     #[error("ONNX Runtime: {0}")]

@@ -50,6 +50,21 @@ pub struct ModelIo {
     pub width: Option<usize>,
     pub num_classes: Option<usize>,
     pub producer: Option<String>,
+    /// Attention outputs (`attentions.{i}` from `export --with-attentions`), in layer
+    /// order, with their head and token counts; empty for a plain model.
+    pub attentions: Vec<String>,
+    pub attention_heads: Option<usize>,
+    pub attention_tokens: Option<usize>,
+}
+
+/// What one batch gave back.
+pub struct BatchOutput {
+    /// `n * classes` logits.
+    pub logits: Vec<f32>,
+    pub classes: usize,
+    /// `n * tokens` values: each image's [CLS] attention-rollout row (see
+    /// [`crate::attention`]), when the model returns attentions.
+    pub rollout: Option<Vec<f32>>,
 }
 
 pub struct Engine {
@@ -132,15 +147,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Run `n` images (`input` holds n * 3 * h * w values) and return the logits,
-    /// `n * C` values. A fixed batch axis is honoured by padding.
-    pub fn run(
-        &mut self,
-        input: &[f32],
-        n: usize,
-        h: usize,
-        w: usize,
-    ) -> Result<(Vec<f32>, usize)> {
+    /// Run `n` images (`input` holds n * 3 * h * w values) and return the logits
+    /// (and the attention rollout, for a model with attention outputs). A fixed batch
+    /// axis is honoured by padding.
+    pub fn run(&mut self, input: &[f32], n: usize, h: usize, w: usize) -> Result<BatchOutput> {
         let per = 3 * h * w;
         let run_n = self.io.fixed_batch.unwrap_or(n).max(n);
         let padded;
@@ -168,7 +178,45 @@ impl Engine {
             });
         }
         let c = shape[1] as usize;
-        Ok((values[..n * c].to_vec(), c))
+        let logits = values[..n * c].to_vec();
+        let rollout = if self.io.attentions.is_empty() {
+            None
+        } else {
+            let mut layers = Vec::with_capacity(self.io.attentions.len());
+            for name in &self.io.attentions {
+                let (shape, values) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
+                if shape.len() != 4 || shape[0] as usize != run_n || shape[2] != shape[3] {
+                    return Err(Error::Model {
+                        what: format!(
+                            "attention output '{name}' has shape {:?}, expected [batch, heads, tokens, tokens]",
+                            &shape[..]
+                        ),
+                    });
+                }
+                layers.push((shape[1] as usize, shape[2] as usize, values));
+            }
+            let (heads, tokens, _) = layers[0];
+            if layers.iter().any(|&(hh, t, _)| (hh, t) != (heads, tokens)) {
+                return Err(Error::Model {
+                    what: "attention outputs differ in heads or tokens between layers".into(),
+                });
+            }
+            let per = heads * tokens * tokens;
+            let mut out = Vec::with_capacity(n * tokens);
+            for i in 0..n {
+                let views: Vec<&[f32]> = layers
+                    .iter()
+                    .map(|(_, _, v)| &v[i * per..(i + 1) * per])
+                    .collect();
+                out.extend(crate::attention::cls_rollout(&views, heads, tokens));
+            }
+            Some(out)
+        };
+        Ok(BatchOutput {
+            logits,
+            classes: c,
+            rollout,
+        })
     }
 }
 
@@ -229,7 +277,22 @@ fn inspect(session: &Session) -> Result<ModelIo, String> {
         _ => return Err(format!("output '{}' is not a tensor", output.name())),
     };
     let producer = session.metadata().ok().and_then(|m| m.producer());
+    // `attentions.{i}`, ordered by layer index.
+    let mut attn: Vec<(usize, String, Option<usize>, Option<usize>)> = outputs
+        .iter()
+        .filter_map(|o| {
+            let i = o.name().strip_prefix("attentions.")?.parse().ok()?;
+            let ValueType::Tensor { shape, .. } = o.dtype() else {
+                return None;
+            };
+            (shape.len() == 4).then(|| (i, o.name().to_string(), dim(shape[1]), dim(shape[2])))
+        })
+        .collect();
+    attn.sort();
     Ok(ModelIo {
+        attention_heads: attn.first().and_then(|a| a.2),
+        attention_tokens: attn.first().and_then(|a| a.3),
+        attentions: attn.into_iter().map(|a| a.1).collect(),
         input_name: input.name().to_string(),
         output_name: output.name().to_string(),
         fixed_batch: dim(shape[0]),

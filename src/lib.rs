@@ -3,6 +3,7 @@
 //! One module per pipeline stage. Library modules never see CLI flags: the binary
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
 
+pub mod attention;
 pub mod compare;
 pub mod error;
 pub mod export;
@@ -11,7 +12,6 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
-pub mod preprocess;
 pub mod record;
 pub mod report;
 pub mod runtime;
@@ -21,6 +21,9 @@ pub mod vit;
 pub mod walk;
 
 pub use error::{Error, Result};
+
+/// Stage 2 (decode + preprocess), a crate of its own so it can be fuzzed alone.
+pub use vit_batch_preprocess as preprocess;
 
 /// Generated from the official `onnx.proto` by `build.rs`.
 pub mod onnx {

@@ -300,6 +300,7 @@ mod tests {
             status: Status::Ok,
             error: None,
             warning: None,
+            attn_rollout: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct ModelBundle {
     /// The preprocessing from `preprocessor_config.json`, or `None` for a bare model
     /// (the caller then derives ImageNet defaults from the model's input size).
     pub preprocess: Option<PreprocessConfig>,
+    /// `patch_size` from `config.json`, to lay attention outputs onto the image.
+    pub patch_size: Option<usize>,
     pub sha256: String,
 }
 
@@ -51,6 +53,7 @@ impl ModelBundle {
         let mut labels = None;
         let mut label2id = BTreeMap::new();
         let mut preprocess = None;
+        let mut patch_size = None;
         if let Some(dir) = dir {
             let cfg_path = dir.join("config.json");
             if cfg_path.is_file() {
@@ -79,6 +82,10 @@ impl ModelBundle {
                             })?,
                         );
                 }
+                patch_size = v
+                    .get("patch_size")
+                    .and_then(|p| p.as_u64())
+                    .map(|p| p as usize);
                 if let Some(map) = v.get("label2id").and_then(|m| m.as_object()) {
                     for (k, v) in map {
                         if let Some(i) = v
@@ -101,6 +108,7 @@ impl ModelBundle {
             labels,
             label2id,
             preprocess,
+            patch_size,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! streamed part by part into row groups, never held whole in memory.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -52,6 +53,9 @@ pub struct Row {
     pub error: Option<String>,
     /// Something worth knowing about an ok row (e.g. content/extension mismatch).
     pub warning: Option<String>,
+    /// Attention rollout over the patch grid (row-major, `run.attention.grid` in
+    /// `metrics.json`); only for models exported `--with-attentions`, else null.
+    pub attn_rollout: Option<Vec<f32>>,
 }
 
 pub const COLUMNS: &[&str] = &[
@@ -67,6 +71,7 @@ pub const COLUMNS: &[&str] = &[
     "status",
     "error",
     "warning",
+    "attn_rollout",
 ];
 
 /// Rows as a polars DataFrame with the documented schema.
@@ -92,6 +97,14 @@ pub fn to_frame(rows: &[Row]) -> Result<DataFrame> {
         .iter()
         .map(|r| {
             r.topk_scores
+                .as_ref()
+                .map(|v| Series::new("".into(), v.as_slice()))
+        })
+        .collect();
+    let rollout: ListChunked = rows
+        .iter()
+        .map(|r| {
+            r.attn_rollout
                 .as_ref()
                 .map(|v| Series::new("".into(), v.as_slice()))
         })
@@ -134,6 +147,11 @@ pub fn to_frame(rows: &[Row]) -> Result<DataFrame> {
             "warning",
             rows.iter().map(|r| r.warning.as_deref()).collect(),
         ),
+        rollout
+            .with_name("attn_rollout".into())
+            .into_series()
+            .cast(&DataType::List(Box::new(DataType::Float32)))?
+            .into(),
     ];
     Ok(DataFrame::new(rows.len(), cols)?)
 }
@@ -144,7 +162,8 @@ fn bad(what: String) -> Error {
 
 /// Rows back from a DataFrame with the documented schema.
 pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
-    for c in COLUMNS {
+    // `attn_rollout` came later: files written before it read back with nulls.
+    for c in COLUMNS.iter().filter(|&&c| c != "attn_rollout") {
         if df.column(c).is_err() {
             return Err(bad(format!("predictions table has no column '{c}'")));
         }
@@ -184,15 +203,22 @@ pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
             .transpose()
         })
         .collect::<PolarsResult<_>>()?;
-    let topk_scores: Vec<Option<Vec<f32>>> = df
-        .column("topk_scores")?
-        .list()?
-        .amortized_iter()
-        .map(|s| {
-            s.map(|s| s.as_ref().f32().map(|c| c.no_null_iter().collect()))
-                .transpose()
-        })
-        .collect::<PolarsResult<_>>()?;
+    let f32_lists = |n: &str| -> Result<Vec<Option<Vec<f32>>>> {
+        Ok(df
+            .column(n)?
+            .list()?
+            .amortized_iter()
+            .map(|s| {
+                s.map(|s| s.as_ref().f32().map(|c| c.no_null_iter().collect()))
+                    .transpose()
+            })
+            .collect::<PolarsResult<_>>()?)
+    };
+    let topk_scores = f32_lists("topk_scores")?;
+    let rollout = match df.column("attn_rollout") {
+        Ok(_) => f32_lists("attn_rollout")?,
+        Err(_) => vec![None; df.height()],
+    };
     let correct: Vec<Option<bool>> = df.column("correct")?.bool()?.iter().collect();
     let status = strs("status")?;
     let error = strs("error")?;
@@ -216,36 +242,76 @@ pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
             },
             error: error[i].clone(),
             warning: warning[i].clone(),
+            attn_rollout: rollout[i].clone(),
         });
     }
     Ok(rows)
 }
 
+/// A temporary output file that remembers the first I/O error written through it,
+/// so that a failure deep inside a Parquet encoder (which may report only "transport
+/// error") is reported with its real cause ("No space left on device").
+pub struct OutFile {
+    file: File,
+    first_error: Option<std::io::Error>,
+}
+
+impl std::io::Write for OutFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).inspect_err(|e| self.note(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().inspect_err(|e| self.note(e))
+    }
+}
+
+impl OutFile {
+    fn note(&mut self, e: &std::io::Error) {
+        if self.first_error.is_none() {
+            self.first_error = Some(std::io::Error::new(e.kind(), e.to_string()));
+        }
+    }
+}
+
 /// Write `path` atomically: `write` fills a temporary file in the same folder, which
-/// is then synced and renamed over `path`.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+/// is then synced and renamed over `path`. On failure the temporary file is removed.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut OutFile) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
-    write(tmp.as_file_mut())?;
+    let (file, tmp_path) = tmp.into_parts();
+    let mut out = OutFile {
+        file,
+        first_error: None,
+    };
+    if let Err(e) = write(&mut out) {
+        return Err(match (e, out.first_error.take()) {
+            (_, Some(io)) => Error::io(path, io),
+            (e @ Error::Io { .. }, None) => e,
+            (other, None) => Error::Output {
+                what: format!("cannot write {}: {other}", path.display()),
+            },
+        });
+    }
     // tempfile creates 0600 files; outputs are ordinary files others may read.
     use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
+    out.file
         .set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    out.file.sync_all().map_err(|e| Error::io(path, e))?;
+    tmp_path
+        .persist(path)
+        .map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
 
 pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
     atomic_write(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
 }
 
-fn writer(f: &mut File) -> ParquetWriter<&mut File> {
+fn writer(f: &mut OutFile) -> ParquetWriter<&mut OutFile> {
     // Min/max statistics are off: polars 0.55 writes min/max for some of these
     // columns in a form its own reader rejects ("max_value of statistics MUST be
     // plain encoded"). Null counts are kept.
@@ -401,6 +467,7 @@ mod tests {
             status: if ok { Status::Ok } else { Status::Error },
             error: (!ok).then(|| "truncated \"file\" <b>".to_string()),
             warning: None,
+            attn_rollout: None,
         }
     }
 

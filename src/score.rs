@@ -154,6 +154,9 @@ pub struct RunInfo {
     pub shard: Option<Shard>,
     pub label_mapping: LabelMapping,
     pub warnings: Vec<String>,
+    /// How `attn_rollout` maps onto the image, for a model with attention outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<crate::attention::AttentionInfo>,
 }
 
 /// `metrics.json`.
@@ -251,6 +254,7 @@ pub struct Prepared {
     pub mapping: LabelMapping,
     pub identity: RunIdentity,
     pub runtime: &'static crate::runtime::RuntimeInfo,
+    pub attention: Option<crate::attention::AttentionInfo>,
 }
 
 pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
@@ -285,6 +289,7 @@ pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
     let mut pre = Preprocessor::new(pcfg)?;
     pre.max_pixels = opts.max_pixels;
     engine.check_input(pre.height, pre.width)?;
+    let attention = attention_layout(&engine, &bundle, &pre)?;
     let labels = match (&bundle.labels, engine.io.num_classes) {
         (Some(l), Some(c)) if l.len() != c => {
             return Err(Error::Model {
@@ -350,6 +355,40 @@ pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         mapping,
         identity,
         runtime,
+        attention,
+    })
+}
+
+/// Lay a `--with-attentions` model's tokens onto the patch grid, or fail fast when
+/// they do not fit the input size.
+fn attention_layout(
+    engine: &Engine,
+    bundle: &ModelBundle,
+    pre: &Preprocessor,
+) -> Result<Option<crate::attention::AttentionInfo>> {
+    let io = &engine.io;
+    if io.attentions.is_empty() {
+        return Ok(None);
+    }
+    let (Some(heads), Some(tokens)) = (io.attention_heads, io.attention_tokens) else {
+        return Err(Error::Model {
+            what: "the model's attention outputs have dynamic head or token axes; cannot lay them onto the image".into(),
+        });
+    };
+    crate::attention::AttentionInfo::layout(
+        io.attentions.len(),
+        heads,
+        tokens,
+        pre.height as usize,
+        pre.width as usize,
+        bundle.patch_size,
+    )
+    .map(Some)
+    .ok_or_else(|| Error::Model {
+        what: format!(
+            "attention outputs have {tokens} tokens, which do not fit a {}x{} input with patch size {:?}",
+            pre.height, pre.width, bundle.patch_size
+        ),
     })
 }
 
@@ -438,11 +477,18 @@ fn preprocess_batch(pre: &Preprocessor, entries: &[Entry], start: usize) -> Batc
 fn rows_for_batch(
     batch: &Batch,
     entries: &[Entry],
-    logits: &[f32],
-    classes: usize,
+    out: &crate::infer::BatchOutput,
+    attention: Option<&crate::attention::AttentionInfo>,
     mapping: &LabelMapping,
     k: usize,
 ) -> Vec<Row> {
+    let (logits, classes) = (&out.logits, out.classes);
+    // The patch part of each image's [CLS] rollout row.
+    let rollout = |slot: usize| {
+        let (r, a) = (out.rollout.as_ref()?, attention?);
+        let row = &r[slot * a.tokens..(slot + 1) * a.tokens];
+        Some(row[a.prefix_tokens..].to_vec())
+    };
     entries
         .iter()
         .zip(&batch.items)
@@ -461,6 +507,7 @@ fn rows_for_batch(
                 status: Status::Error,
                 error: None,
                 warning: None,
+                attn_rollout: None,
             };
             match item {
                 Err(msg) => Row {
@@ -491,6 +538,7 @@ fn rows_for_batch(
                         correct: label_id.map(|t| t == pred_id),
                         status: Status::Ok,
                         warning: warning.clone(),
+                        attn_rollout: rollout(*slot),
                         ..base
                     }
                 }
@@ -670,32 +718,46 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
                 }
             }
         });
+        // Owned here, so an early error return drops the receiver and the decoding
+        // thread's next send fails instead of blocking forever.
+        let rx = rx;
         let mut pending: Vec<Row> = Vec::with_capacity(part_rows);
         let mut part_start = None;
         for batch in rx.iter() {
             let n_ok = batch.items.iter().filter(|i| i.is_ok()).count();
-            let (logits, classes) = if n_ok > 0 {
+            let output = if n_ok > 0 {
                 p.engine.run(&batch.data, n_ok, h, w)?
             } else {
-                (vec![], p.mapping.model_labels.len())
+                crate::infer::BatchOutput {
+                    logits: vec![],
+                    classes: p.mapping.model_labels.len(),
+                    rollout: None,
+                }
             };
-            if n_ok > 0 && classes != p.mapping.model_labels.len() {
+            if n_ok > 0 && output.classes != p.mapping.model_labels.len() {
                 return Err(Error::Model {
                     what: format!(
-                        "model returned {classes} classes, its labels name {}",
+                        "model returned {} classes, its labels name {}",
+                        output.classes,
                         p.mapping.model_labels.len()
                     ),
                 });
             }
             let ents = &entries[batch.start..batch.start + batch.items.len()];
-            let rows = rows_for_batch(&batch, ents, &logits, classes, &p.mapping, k);
+            let rows = rows_for_batch(&batch, ents, &output, p.attention.as_ref(), &p.mapping, k);
             part_start.get_or_insert(batch.start);
             pending.extend(rows);
             scored += batch.items.len();
             let ps = part_start.expect("set above");
             let pe = (ps + part_rows).min(total);
             if ps + pending.len() == pe {
-                parts.commit(ps, &pending)?;
+                parts.commit(ps, &pending).map_err(|e| Error::Output {
+                    what: format!(
+                        "{}; the parts committed so far are kept in {}: fix the cause (e.g. free disk space) and rerun with --resume",
+                        e.to_string().trim_start_matches("output: "),
+                        out.join("parts").display()
+                    ),
+                })?;
                 pending.clear();
                 part_start = None;
             }
@@ -736,6 +798,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
         shard: opts.shard,
         label_mapping: p.mapping.clone(),
         warnings: p.dataset.warnings.clone(),
+        attention: p.attention.clone(),
     };
     let metrics = finalize(
         out,

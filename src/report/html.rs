@@ -74,6 +74,7 @@ img.chart{max-width:100%;height:auto;border:1px solid var(--bd)}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:12px}
 .mistake{border:1px solid var(--bd);border-radius:6px;padding:6px;font-size:12px;word-break:break-all}
 .mistake img{display:block;margin:0 auto 4px;image-rendering:auto}
+.mistake img.rollout{border-radius:3px}
 .thumb-missing{height:96px;display:flex;align-items:center;justify-content:center;background:var(--bg2);color:var(--mut);text-align:center;padding:4px}
 input[type=search]{padding:4px 8px;border:1px solid var(--bd);border-radius:4px;width:260px}
 "#;
@@ -385,6 +386,13 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
                 );
             }
         }
+        if let Some(b) = &x.rollout_b64 {
+            let _ = write!(
+                s,
+                "<img class=\"rollout\" alt=\"attention rollout of {}\" title=\"attention rollout (the model's view, after resize and crop)\" src=\"data:image/jpeg;base64,{b}\">",
+                esc(&x.path)
+            );
+        }
         let rank = match x.true_rank {
             Some(r) => format!("true class ranked {r}"),
             None => format!("true class not in top-{}", m.k),
@@ -399,7 +407,24 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             esc(&x.path)
         );
     }
-    s.push_str("</div><p class=\"mut\">Attention-rollout overlays are not drawn by this version.</p></section>\n");
+    s.push_str("</div>");
+    match &run.attention {
+        Some(a) => {
+            let drawn = data.mistakes.iter().filter(|x| x.rollout_b64.is_some()).count();
+            let _ = write!(
+                s,
+                "<p class=\"mut\" id=\"rollout-note\">Second image on each card: attention rollout (Abnar &amp; Zuidema, 2020) over the {}x{} patch grid of the image as the model saw it, dark = little attention, yellow = most; {} of {} layers, {} heads. Drawn for {drawn} of {} cards.</p>",
+                a.grid[0],
+                a.grid[1],
+                a.layers,
+                a.layers,
+                a.heads,
+                data.mistakes.len()
+            );
+        }
+        None => s.push_str("<p class=\"mut\" id=\"rollout-note\">No attention maps: the model has no attention outputs (export it with <code>vit-batch export --with-attentions</code> to get rollout overlays here).</p>"),
+    }
+    s.push_str("</section>\n");
 
     // Failures.
     let _ = write!(

@@ -73,7 +73,7 @@ pub fn summary(data: &ReportData) -> Value {
         .iter()
         .map(|x| {
             json!({"path": x.path, "label": x.label, "pred": x.pred, "score": x.score,
-                   "true_rank": x.true_rank})
+                   "true_rank": x.true_rank, "attention_rollout": x.rollout_b64.is_some()})
         })
         .collect();
     json!({

@@ -172,6 +172,9 @@ pub struct Mistake {
     pub thumb_b64: Option<String>,
     /// Why there is no thumbnail.
     pub thumb_note: Option<String>,
+    /// The image as the model saw it (after resize and crop) with the attention
+    /// rollout drawn over it, JPEG base64; only for runs of an attention model.
+    pub rollout_b64: Option<String>,
 }
 
 /// Top-1 scores of the evaluated rows, binned, split by right and wrong.
@@ -282,6 +285,12 @@ impl ReportData {
                         Err(e) => (None, Some(e)),
                     },
                 };
+                let rollout_b64 = match (data_dir, &file.run.attention, &r.attn_rollout) {
+                    (Some(d), Some(a), Some(v)) => {
+                        rollout_overlay(&d.join(&r.path), &file.run.preprocess, a, v).ok()
+                    }
+                    _ => None,
+                };
                 let t = r.label_id.expect("evaluated");
                 Mistake {
                     path: r.path.clone(),
@@ -299,6 +308,7 @@ impl ReportData {
                         .map(|p| p + 1),
                     thumb_b64,
                     thumb_note,
+                    rollout_b64,
                 }
             })
             .collect();
@@ -428,6 +438,78 @@ fn thumbnail(path: &Path) -> std::result::Result<String, String> {
         .encode_image(&t)
         .map_err(|e| format!("thumbnail encoding failed ({e})"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// Side of an attention-rollout overlay (the model's view, scaled).
+pub const ROLLOUT_PX: u32 = 112;
+
+/// The image as the model saw it (decoded, resized and cropped by the run's own
+/// preprocessing) with the rollout over its patch grid blended on top in viridis
+/// (dark = little attention, yellow = most), JPEG base64.
+pub fn rollout_overlay(
+    path: &Path,
+    preprocess: &crate::preprocess::PreprocessConfig,
+    attention: &crate::attention::AttentionInfo,
+    rollout: &[f32],
+) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let img = rollout_image(path, preprocess, attention, rollout)?;
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 85)
+        .encode_image(&img)
+        .map_err(|e| format!("overlay encoding failed ({e})"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// The overlay as pixels (see [`rollout_overlay`]), `ROLLOUT_PX` on its long side.
+pub fn rollout_image(
+    path: &Path,
+    preprocess: &crate::preprocess::PreprocessConfig,
+    attention: &crate::attention::AttentionInfo,
+    rollout: &[f32],
+) -> std::result::Result<image::RgbImage, String> {
+    use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
+    let [gh, gw] = attention.grid;
+    if rollout.len() != gh * gw {
+        return Err(format!(
+            "rollout has {} values for a {gh}x{gw} grid",
+            rollout.len()
+        ));
+    }
+    let pre =
+        crate::preprocess::Preprocessor::new(preprocess.clone()).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("not readable any more ({e})"))?;
+    let ext = path.extension().and_then(|e| e.to_str());
+    let decoded = crate::preprocess::decode(&bytes, ext, pre.max_pixels)?;
+    let view = pre.geometry(&decoded.rgb)?;
+    let scale = ROLLOUT_PX as f64 / view.width().max(view.height()) as f64;
+    let (w, h) = (
+        ((view.width() as f64 * scale).round() as u32).max(1),
+        ((view.height() as f64 * scale).round() as u32).max(1),
+    );
+    let view = image::imageops::resize(&view, w, h, image::imageops::FilterType::Triangle);
+    let (lo, hi) = rollout
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = (hi - lo).max(f32::MIN_POSITIVE);
+    // Bilinear interpolation between patch centres.
+    let at = |gy: f64, gx: f64| -> f64 {
+        let (y0, x0) = (gy.floor().max(0.0), gx.floor().max(0.0));
+        let (y0u, x0u) = ((y0 as usize).min(gh - 1), (x0 as usize).min(gw - 1));
+        let (y1u, x1u) = ((y0u + 1).min(gh - 1), (x0u + 1).min(gw - 1));
+        let (fy, fx) = ((gy - y0).clamp(0.0, 1.0), (gx - x0).clamp(0.0, 1.0));
+        let v = |y: usize, x: usize| ((rollout[y * gw + x] - lo) / span) as f64;
+        (v(y0u, x0u) * (1.0 - fx) + v(y0u, x1u) * fx) * (1.0 - fy)
+            + (v(y1u, x0u) * (1.0 - fx) + v(y1u, x1u) * fx) * fy
+    };
+    Ok(image::RgbImage::from_fn(w, h, |x, y| {
+        let gy = (y as f64 + 0.5) / h as f64 * gh as f64 - 0.5;
+        let gx = (x as f64 + 0.5) / w as f64 * gw as f64 - 0.5;
+        let c = ViridisRGB.get_color_normalized(at(gy, gx), 0.0, 1.0);
+        let p = view.get_pixel(x, y).0;
+        let blend = |a: u8, b: u8| (0.35 * a as f64 + 0.65 * b as f64).round() as u8;
+        image::Rgb([blend(p[0], c.0), blend(p[1], c.1), blend(p[2], c.2)])
+    }))
 }
 
 /// Read a run folder into report data.

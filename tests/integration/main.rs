@@ -1,6 +1,7 @@
 //! The one integration-test binary: every module below runs the real `vit-batch`
 //! binary or the real library against real files in a temporary folder.
 
+mod attention;
 mod compare;
 mod export;
 mod preprocess;

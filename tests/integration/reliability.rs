@@ -510,3 +510,146 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
         stderr(&o)
     );
 }
+
+/// Run `script` with `sh -e` inside a new user + mount namespace (`unshare`), where it
+/// may mount its own tmpfs: read-only and full file systems without touching the
+/// machine's mounts, and enforced even for root (which ignores permission bits).
+/// `$VIT` is the binary under test (run under `timeout`, so a hang fails the test
+/// instead of stalling it). Mounts vanish when the script ends.
+fn in_mount_namespace(script: &str) -> std::process::Output {
+    let o = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-ec", script])
+        .env("VIT", env!("CARGO_BIN_EXE_vit-batch"))
+        .env("ORT_DYLIB_PATH", util::ort_lib())
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("unshare failed"),
+        "this test needs user + mount namespaces (unshare --user --mount): {}",
+        stderr(&o)
+    );
+    o
+}
+
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+#[test]
+fn a_read_only_output_folder_is_a_clear_error_before_any_image_is_read() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = util::fixtures().join("digits/test");
+    let ro = t.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let score = |out: &str, log: &str| {
+        format!(
+            "set +e; timeout -s KILL 120 \"$VIT\" score {} --model {} --label-map {} --quiet --out {} 2> {}; echo $? >> {}; set -e\n",
+            sh_quote(&data),
+            sh_quote(&model),
+            sh_quote(&lm),
+            sh_quote(&ro.join(out)),
+            sh_quote(&t.path().join(log)),
+            sh_quote(&t.path().join(format!("{log}.rc"))),
+        )
+    };
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {ro}\nmkdir {ro}/existing\nmount -o remount,ro {ro}\n{}{}ls -A {ro} > {listing}\n",
+        score("existing", "existing.log"),
+        score("new/out", "new.log"),
+        ro = sh_quote(&ro),
+        listing = sh_quote(&t.path().join("listing")),
+    );
+    let o = in_mount_namespace(&script);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for log in ["existing.log", "new.log"] {
+        let rc = std::fs::read_to_string(t.path().join(format!("{log}.rc"))).unwrap();
+        let err = std::fs::read_to_string(t.path().join(log)).unwrap();
+        assert_eq!(rc.trim(), "2", "{log}: {err}");
+        assert!(err.contains("Read-only file system"), "{log}: {err}");
+        assert!(
+            err.contains(&ro.display().to_string()),
+            "{log}: names the path: {err}"
+        );
+        assert!(!err.contains("panicked"), "{log}: {err}");
+        // Refused up front: no image was decoded or scored.
+        assert!(!err.contains("images/s"), "{log}: {err}");
+    }
+    let listing = std::fs::read_to_string(t.path().join("listing")).unwrap();
+    assert_eq!(listing.trim(), "existing", "nothing was written: {listing}");
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_resume_finishes_after_space_is_freed() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = util::fixtures().join("digits/train");
+    let score = |out: &Path, extra: &str| {
+        format!(
+            "timeout -s KILL 120 \"$VIT\" score {} --model {} --label-map {} --quiet --no-report --batch-size 16 --checkpoint-rows 100 --out {} {extra}",
+            sh_quote(&data),
+            sh_quote(&model),
+            sh_quote(&lm),
+            sh_quote(out),
+        )
+    };
+    let full = t.path().join("uninterrupted");
+    let o = in_mount_namespace(&score(&full, ""));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A 32 KiB file system holds a few checkpoint parts, not the whole run.
+    let disk = t.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let out = disk.join("out");
+    let saved = t.path().join("saved");
+    let script = format!(
+        "mount -t tmpfs -o size=32k tmpfs {disk}\n\
+         set +e; {first} 2> {log}; echo $? > {log}.rc; set -e\n\
+         ls -A {out} > {log}.ls; ls -A {out}/parts > {log}.parts || true\n\
+         mount -o remount,size=64m {disk}\n\
+         {resume}\n\
+         mkdir {saved}; cp {out}/predictions.parquet {out}/metrics.json {saved}/\n",
+        disk = sh_quote(&disk),
+        first = score(&out, ""),
+        resume = score(&out, "--resume"),
+        log = sh_quote(&t.path().join("first")),
+        out = sh_quote(&out),
+        saved = sh_quote(&saved),
+    );
+    let o = in_mount_namespace(&script);
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    let log = |ext: &str| std::fs::read_to_string(t.path().join(format!("first{ext}"))).unwrap();
+    let err = log("");
+    assert_eq!(log(".rc").trim(), "2", "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let listing = log(".ls");
+    assert!(
+        !listing.contains("predictions.parquet") && !listing.contains("metrics.json"),
+        "a failed run left final outputs: {listing}"
+    );
+    assert!(err.contains("rerun with --resume"), "{err}");
+    let parts = log(".parts");
+    assert!(
+        !parts.contains(".tmp-"),
+        "the failed part's temporary file was left behind: {parts}"
+    );
+    assert!(
+        parts.lines().filter(|l| l.ends_with(".parquet")).count() >= 1,
+        "no part was committed before the disk filled: {parts} / {listing}"
+    );
+
+    let a = read_parquet(&full.join("predictions.parquet")).unwrap();
+    let b = read_parquet(&saved.join("predictions.parquet")).unwrap();
+    assert_eq!(a.len(), 1437);
+    assert_eq!(a, b, "resumed rows differ from the uninterrupted run");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.join("metrics.json")).unwrap()).unwrap();
+    assert!(
+        m["throughput"]["scored"].as_u64().unwrap() < 1437,
+        "resume rescored everything: {}",
+        m["throughput"]
+    );
+}

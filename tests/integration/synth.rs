@@ -82,6 +82,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
                 status: Status::Error,
                 error: Some(format!("decode failed: truncated PNG <chunk {i}>")),
                 warning: None,
+                attn_rollout: None,
             });
             continue;
         }
@@ -134,6 +135,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
             status: Status::Ok,
             error: None,
             warning: None,
+            attn_rollout: None,
         });
     }
     for i in 0..spec.unmapped_rows {
@@ -151,6 +153,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
             status: Status::Ok,
             error: None,
             warning: None,
+            attn_rollout: None,
         });
     }
     out
@@ -217,6 +220,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
                 matched_by,
             },
             warnings: vec![],
+            attention: None,
         },
     };
     record::atomic_write_bytes(

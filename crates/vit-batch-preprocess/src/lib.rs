@@ -1,4 +1,7 @@
-//! Stage 2: decode an image file and turn it into the model's input tensor.
+//! Stage 2 of vit-batch: decode an image file and turn it into the model's input tensor.
+//!
+//! A crate of its own so that it can be fuzzed (`fuzz/`) and built without the rest of
+//! the pipeline; `vit_batch::preprocess` re-exports it.
 //!
 //! This must reproduce what a user's Hugging Face pipeline feeds the model, or the
 //! accuracy we report is not the model's. [`PreprocessConfig`] mirrors
@@ -17,7 +20,20 @@ use fast_image_resize as fir;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+/// Errors in a preprocessing configuration (per-image problems are plain messages,
+/// because they become error rows, not failures).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {what}")]
+    Config { what: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Pillow's resample codes as used by transformers.
 pub const PIL_NEAREST: u32 = 0;
@@ -117,7 +133,10 @@ impl PreprocessConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
             what: format!("{}: {e}", path.display()),
         })?;
@@ -462,6 +481,56 @@ fn center_crop(img: &image::RgbImage, ch: u32, cw: u32) -> image::RgbImage {
             image::Rgb([0, 0, 0])
         }
     })
+}
+
+/// The fuzz harness (`fuzz/`), here so that the regression test replaying its finds
+/// (`tests/fuzz_regressions.rs`) runs exactly the same checks.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    const EXTS: [&str; 8] = ["jpg", "png", "gif", "bmp", "webp", "tif", "jpeg", "txt"];
+
+    /// The preprocessing config chosen by one selector byte: output side, resize
+    /// filter, and exact size or shortest edge + centre crop.
+    pub fn preprocessor(sel: u8) -> Preprocessor {
+        let side = [1u32, 7, 16, 32][(sel & 3) as usize];
+        let mut cfg = PreprocessConfig::vit_default(side);
+        cfg.resample = [0, 1, 2, 3, 4, 5][((sel >> 2) % 6) as usize];
+        if sel & 0x80 != 0 {
+            cfg.size = SizeSpec::ShortestEdge {
+                shortest_edge: side + 3,
+            };
+            cfg.do_center_crop = true;
+            cfg.crop_size = Some(SizeSpec::Exact {
+                height: side,
+                width: side,
+            });
+        }
+        let mut p = Preprocessor::new(cfg).expect("valid config");
+        // Keeps the fuzzer inside its RSS limit; the refusal path is what is tested.
+        p.max_pixels = 1 << 22;
+        p
+    }
+
+    /// Byte 0 picks the file extension, byte 1 the config, the rest is the file.
+    /// Invariants: no panic, and a success is a finite tensor inside the normalized
+    /// range (mean = std = 0.5, so [-1, 1]).
+    pub fn check(data: &[u8]) {
+        if data.len() < 2 {
+            return;
+        }
+        let ext = EXTS[(data[0] % 8) as usize];
+        let p = preprocessor(data[1]);
+        let mut out = vec![f32::NAN; p.tensor_len()];
+        if p.process_bytes(&data[2..], Some(ext), &mut out).is_ok() {
+            assert!(
+                out.iter()
+                    .all(|v| v.is_finite() && (-1.0..=1.0).contains(v)),
+                "tensor out of range"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
