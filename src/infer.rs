@@ -36,6 +36,9 @@ pub struct EngineOptions {
     pub provider: Provider,
     /// Intra-op threads for ONNX Runtime.
     pub intra_threads: usize,
+    /// Let idle intra-op threads spin between operators (ONNX Runtime's default):
+    /// faster hand-offs, at the cost of CPU time that decoding could use.
+    pub spinning: bool,
 }
 
 /// What the model's graph says about its input and output.
@@ -95,7 +98,7 @@ impl Engine {
             .map_err(|e| Error::Runtime {
                 what: e.to_string(),
             })?
-            .with_intra_op_spinning(false)
+            .with_intra_op_spinning(opts.spinning)
             .map_err(|e| Error::Runtime {
                 what: e.to_string(),
             })?;

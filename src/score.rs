@@ -69,6 +69,8 @@ pub struct ScoreOptions {
     pub progress: Progress,
     /// Rows per committed part (rounded up to a whole number of batches).
     pub part_rows: usize,
+    /// ONNX Runtime intra-op spinning (see [`EngineOptions::spinning`]).
+    pub ort_spinning: bool,
 }
 
 impl ScoreOptions {
@@ -93,6 +95,7 @@ impl ScoreOptions {
             shard_source: None,
             progress: Progress::Auto,
             part_rows: 1024,
+            ort_spinning: true,
         }
     }
 }
@@ -270,6 +273,7 @@ pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         &EngineOptions {
             provider: opts.provider,
             intra_threads: opts.threads,
+            spinning: opts.ort_spinning,
         },
     )?;
     let (pcfg, psource) = match &bundle.preprocess {
@@ -435,42 +439,54 @@ struct Batch {
     items: Vec<std::result::Result<(usize, Option<String>), String>>,
 }
 
-/// One image's tensor and warning, or its error message.
-type Prepped = std::result::Result<(Vec<f32>, Option<String>), String>;
-
-fn preprocess_batch(pre: &Preprocessor, entries: &[Entry], start: usize) -> Batch {
+/// Decode and preprocess `entries` in parallel, each image straight into its slot of
+/// one batch buffer (`buf`, recycled from an earlier batch when there is one), then
+/// close the gaps left by failed images so the good tensors are packed in order.
+fn preprocess_batch(
+    pre: &Preprocessor,
+    entries: &[Entry],
+    start: usize,
+    mut buf: Vec<f32>,
+) -> Batch {
     let per = pre.tensor_len();
-    let results: Vec<Prepped> = entries
-        .par_iter()
-        .map(|e| {
+    buf.clear();
+    buf.resize(per * entries.len(), 0.0);
+    let results: Vec<std::result::Result<Option<String>, String>> = buf
+        .par_chunks_mut(per)
+        .zip(entries.par_iter())
+        .map(|(slot, e)| {
             if let Some(p) = &e.problem {
                 return Err(p.clone());
             }
-            let mut v = vec![0f32; per];
             // A panic in a decoder must not take the run down: it becomes this row's error.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pre.process_file(&e.path, &mut v)
+                pre.process_file(&e.path, slot)
             })) {
-                Ok(Ok(w)) => Ok((v, w)),
-                Ok(Err(msg)) => Err(msg),
+                Ok(r) => r,
                 Err(_) => Err("decoder crashed on this file (internal panic caught)".into()),
             }
         })
         .collect();
-    let mut data = Vec::with_capacity(per * entries.len());
     let mut items = Vec::with_capacity(entries.len());
-    let mut slot = 0;
-    for r in results {
+    let mut packed = 0;
+    for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok((v, w)) => {
-                data.extend_from_slice(&v);
-                items.push(Ok((slot, w)));
-                slot += 1;
+            Ok(w) => {
+                if packed != i {
+                    buf.copy_within(i * per..(i + 1) * per, packed * per);
+                }
+                items.push(Ok((packed, w)));
+                packed += 1;
             }
             Err(m) => items.push(Err(m)),
         }
     }
-    Batch { start, data, items }
+    buf.truncate(packed * per);
+    Batch {
+        start,
+        data: buf,
+        items,
+    }
 }
 
 /// Turn a batch's logits into rows.
@@ -697,6 +713,9 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
     // One batch waits while one is in ONNX Runtime and the next is being decoded:
     // enough to keep ORT fed (decoding is ~5% of its cost), and memory stays flat.
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
+    // Batch buffers go back to the decoder once ORT is done with them: the same few
+    // large buffers serve the whole run instead of one fresh allocation per batch.
+    let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<f32>>(2);
     let mut reporter = Reporter::new(opts.progress, total, already);
     let mut scored = 0usize;
     let (h, w) = (p.pre.height as usize, p.pre.width as usize);
@@ -711,7 +730,8 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
             for &(a, b) in todo {
                 for s in (a..b).step_by(bs) {
                     let e = (s + bs).min(b);
-                    let batch = pool.install(|| preprocess_batch(pre, &entries[s..e], s));
+                    let buf = recycle_rx.try_recv().unwrap_or_default();
+                    let batch = pool.install(|| preprocess_batch(pre, &entries[s..e], s, buf));
                     if tx.send(batch).is_err() {
                         return;
                     }
@@ -762,6 +782,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
                 part_start = None;
             }
             reporter.advance(batch.items.len(), scored);
+            let _ = recycle_tx.try_send(batch.data);
         }
         Ok(())
     });

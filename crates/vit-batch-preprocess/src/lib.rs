@@ -366,19 +366,19 @@ impl Preprocessor {
     /// Resize + crop in uint8, as transformers does on a PIL image.
     pub fn geometry(&self, rgb: &image::RgbImage) -> Result<image::RgbImage, String> {
         let c = &self.config;
-        let mut img = rgb.clone();
+        let mut resized = None;
         if c.do_resize {
-            let (th, tw) = resize_target(c.size, img.height(), img.width());
-            if (th, tw) != (img.height(), img.width()) {
-                img = resize(&img, tw, th, c.filter())?;
+            let (th, tw) = resize_target(c.size, rgb.height(), rgb.width());
+            if (th, tw) != (rgb.height(), rgb.width()) {
+                resized = Some(resize(rgb, tw, th, c.filter())?);
             }
         }
         if c.do_center_crop {
             if let Some(SizeSpec::Exact { height, width }) = c.crop_size {
-                img = center_crop(&img, height, width);
+                return Ok(center_crop(resized.as_ref().unwrap_or(rgb), height, width));
             }
         }
-        Ok(img)
+        Ok(resized.unwrap_or_else(|| rgb.clone()))
     }
 
     /// Rescale + normalize into `out` (CHW, len 3*H*W).
@@ -451,10 +451,11 @@ fn resize(
     h: u32,
     alg: fir::ResizeAlg,
 ) -> Result<image::RgbImage, String> {
-    let src = fir::images::Image::from_vec_u8(
+    // Borrowed: the decoded image is not copied.
+    let src = fir::images::ImageRef::new(
         img.width(),
         img.height(),
-        img.as_raw().clone(),
+        img.as_raw(),
         fir::PixelType::U8x3,
     )
     .map_err(|e| format!("resize: {e}"))?;
