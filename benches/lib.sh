@@ -11,7 +11,8 @@ BENCH_BATCH="${BENCH_BATCH:-32}"
 BENCH_IMAGES="${BENCH_IMAGES:-600}"
 BENCH_CLASSES="${BENCH_CLASSES:-10}"
 BENCH_SEED="${BENCH_SEED:-0}"
-# Exporter graph variant: empty = the exporter's default (standard), or standard|fused.
+# Exporter graph variant: standard | fused (empty = the exporter's default, fused; the
+# model cache is named after the variant actually exported).
 BENCH_VARIANT="${BENCH_VARIANT:-}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-/work/main/.ort/1.31.1/libonnxruntime.so.1.31.1}"
 
@@ -39,7 +40,7 @@ check_env() {
 
 # export_model PRESET -> prints the model folder (cached in $BENCH_WORK/models).
 export_model() {
-  local preset="$1" v="${BENCH_VARIANT:-default}"
+  local preset="$1" v="${BENCH_VARIANT:-fused}"
   local dir="$BENCH_WORK/models/$preset-seed$BENCH_SEED-k$BENCH_CLASSES-$v"
   if [[ ! -f "$dir/model.onnx" || ! -f "$dir/preprocessor_config.json" ]]; then
     rm -rf "$dir"

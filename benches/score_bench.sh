@@ -47,7 +47,7 @@ LM="$(label_map)"
 DATA="$(make_data "$BENCH_IMAGES")"
 T="$BENCH_THREADS" B="$BENCH_BATCH" N="$BENCH_IMAGES"
 RUNS="$BENCH_WORK/runs"; mkdir -p "$RUNS"
-VARIANT_NOTE="${BENCH_VARIANT:-exporter default (standard)}"
+VARIANT_NOTE="${BENCH_VARIANT:-exporter default (fused)}"
 if ! "$VB" export --help 2>/dev/null | grep -q -- '--variant'; then
   if [[ -n "$BENCH_VARIANT" ]]; then die "this vit-batch export has no --variant flag"; fi
   VARIANT_NOTE="n/a (exporter has no --variant flag)"

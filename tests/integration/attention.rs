@@ -8,7 +8,6 @@
 use std::path::Path;
 
 use base64::Engine as _;
-use vit_batch::preprocess::{PreprocessConfig, Preprocessor};
 use vit_batch::record::{read_parquet, Status};
 
 use crate::util::{self, assert_no_panic, run, stderr, tempdir};
@@ -78,14 +77,7 @@ fn reference_rollout(layers: &[Vec<f32>], heads: usize, t: usize) -> Vec<f64> {
 
 /// Attention outputs of one image from a fresh ORT session: (layers, heads, tokens).
 fn attentions_of(model: &Path, file: &Path) -> (Vec<Vec<f32>>, usize, usize) {
-    vit_batch::runtime::init(Some(&util::ort_lib()), false).unwrap();
-    let env = vit_batch::runtime::environment().unwrap();
-    let mut s = ort::session::Session::builder(env)
-        .unwrap()
-        .commit_from_file(model.join("model.onnx"))
-        .unwrap();
-    let cfg = PreprocessConfig::from_file(&model.join("preprocessor_config.json")).unwrap();
-    let pre = Preprocessor::new(cfg).unwrap();
+    let (mut s, pre) = util::ort_session(model);
     let x = pre.load(file).unwrap();
     let t = ort::value::TensorRef::from_array_view((
         [1usize, 3, pre.height as usize, pre.width as usize],

@@ -653,3 +653,67 @@ fn a_full_disk_fails_cleanly_and_resume_finishes_after_space_is_freed() {
         m["throughput"]
     );
 }
+
+#[test]
+fn an_unreadable_file_is_an_error_row() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempdir();
+    // Others must reach the files: root runs the binary as `nobody` below.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = t.path().join("data");
+    let src = util::fixtures().join("digits/test/4");
+    let mut files: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files.iter().take(3) {
+        write(
+            &data.join("4").join(f.file_name().unwrap()),
+            &std::fs::read(f).unwrap(),
+        );
+    }
+    let locked = data.join("4/locked.png");
+    write(&locked, &std::fs::read(&files[0]).unwrap());
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out_parent = t.path().join("outs");
+    std::fs::create_dir_all(&out_parent).unwrap();
+    std::fs::set_permissions(&out_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = out_parent.join("run");
+    let args = [
+        "score",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--label-map",
+        lm.to_str().unwrap(),
+        "--quiet",
+        "--no-report",
+    ];
+    // Root reads any file whatever its mode, so as root the binary runs as `nobody`.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let o = if is_root {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_vit-batch"))
+            .args(args)
+            .env("ORT_DYLIB_PATH", util::ort_lib())
+            .output()
+            .expect("setpriv (util-linux)")
+    } else {
+        util::run(&args)
+    };
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = read_parquet(&out.join("predictions.parquet")).unwrap();
+    assert_eq!(rows.len(), 4, "every file has its row");
+    let r = rows.iter().find(|r| r.path == "4/locked.png").unwrap();
+    assert_eq!(r.status, Status::Error);
+    let msg = r.error.as_deref().unwrap();
+    assert!(msg.contains("Permission denied"), "{msg}");
+    assert_eq!(rows.iter().filter(|r| r.status == Status::Ok).count(), 3);
+}

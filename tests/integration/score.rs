@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use vit_batch::preprocess::{PreprocessConfig, Preprocessor};
 use vit_batch::record::{read_parquet, Row, Status};
 
 use crate::util::{self, assert_no_panic, run, stderr, tempdir};
@@ -90,14 +89,7 @@ fn softmax(l: &[f32]) -> Vec<f64> {
 
 /// Logits for `files` from a fresh ORT session created by the test itself.
 fn independent_logits(model: &Path, files: &[PathBuf]) -> Vec<Vec<f32>> {
-    vit_batch::runtime::init(Some(&util::ort_lib()), false).unwrap();
-    let env = vit_batch::runtime::environment().unwrap();
-    let mut s = ort::session::Session::builder(env)
-        .unwrap()
-        .commit_from_file(model.join("model.onnx"))
-        .unwrap();
-    let cfg = PreprocessConfig::from_file(&model.join("preprocessor_config.json")).unwrap();
-    let pre = Preprocessor::new(cfg).unwrap();
+    let (mut s, pre) = util::ort_session(model);
     files
         .iter()
         .map(|f| {

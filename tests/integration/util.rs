@@ -151,3 +151,21 @@ pub fn assert_png_not_blank(path: &Path, min_w: u32, min_h: u32) -> image::RgbIm
     );
     img
 }
+
+/// A fresh ORT session on `model_dir/model.onnx` made by the test itself (not by
+/// vit-batch's engine), with the folder's preprocessing, for independent checks.
+pub fn ort_session(
+    model_dir: &Path,
+) -> (ort::session::Session, vit_batch::preprocess::Preprocessor) {
+    vit_batch::runtime::init(Some(&ort_lib()), false).unwrap();
+    let env = vit_batch::runtime::environment().unwrap();
+    let s = ort::session::Session::builder(env)
+        .unwrap()
+        .commit_from_file(model_dir.join("model.onnx"))
+        .unwrap();
+    let cfg = vit_batch::preprocess::PreprocessConfig::from_file(
+        &model_dir.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    (s, vit_batch::preprocess::Preprocessor::new(cfg).unwrap())
+}
