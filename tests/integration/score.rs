@@ -365,3 +365,70 @@ fn an_existing_run_is_never_overwritten_silently() {
     ow.push("--overwrite");
     assert_eq!(run(&ow).status.code(), Some(0));
 }
+
+#[test]
+fn cuda_on_a_cpu_library_is_a_clear_error_not_a_silent_cpu_run() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = small_dataset(t.path(), 2, 2);
+    let out = t.path().join("run");
+    let mut args = score_args(
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    );
+    args.extend(["--provider", "cuda"]);
+    let o = run(&args);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no CUDA execution provider") && e.contains("scripts/setup --gpu"),
+        "{e}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written when the provider is refused"
+    );
+}
+
+#[test]
+fn progress_is_plain_lines_off_a_terminal_and_nothing_with_quiet() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = small_dataset(t.path(), 3, 4);
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let loud: Vec<&str> = score_args(
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        a.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    )
+    .into_iter()
+    .filter(|&s| s != "--quiet")
+    .collect();
+    // stderr is a pipe here, not a terminal: periodic plain lines, no bar.
+    let o = run(&loud);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    let progress: Vec<&str> = e
+        .lines()
+        .filter(|l| l.contains("images (") && l.contains("img/s, ETA"))
+        .collect();
+    assert!(!progress.is_empty(), "no progress line: {e}");
+    assert!(
+        !e.contains('\r') && !e.contains('\u{1b}'),
+        "terminal control codes off a terminal: {e:?}"
+    );
+    let o = run(&score_args(
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        b.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stderr(&o), "", "--quiet prints nothing");
+}
