@@ -441,7 +441,7 @@ fn thumbnail(path: &Path) -> std::result::Result<String, String> {
 }
 
 /// Side of an attention-rollout overlay (the model's view, scaled).
-pub const ROLLOUT_PX: u32 = 112;
+pub const ROLLOUT_PX: u32 = THUMB_PX;
 
 /// The image as the model saw it (decoded, resized and cropped by the run's own
 /// preprocessing) with the rollout over its patch grid blended on top in viridis

@@ -207,7 +207,8 @@ fn rollout_is_recorded_checked_and_drawn_in_the_report() {
         .decode(overlays[0])
         .unwrap();
     let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
-    assert_eq!((img.width(), img.height()), (112, 112));
+    let side = vit_batch::report::ROLLOUT_PX;
+    assert_eq!((img.width(), img.height()), (side, side));
     let v = top.attn_rollout.as_ref().unwrap();
     let argmax = (0..64).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
     let argmin = (0..64).min_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
