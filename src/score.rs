@@ -771,12 +771,17 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
             let ps = part_start.expect("set above");
             let pe = (ps + part_rows).min(total);
             if ps + pending.len() == pe {
-                parts.commit(ps, &pending).map_err(|e| Error::Output {
-                    what: format!(
-                        "{}; the parts committed so far are kept in {}: fix the cause (e.g. free disk space) and rerun with --resume",
-                        e.to_string().trim_start_matches("output: "),
-                        out.join("parts").display()
-                    ),
+                parts.commit(ps, &pending).map_err(|e| {
+                    let cause = match e {
+                        Error::Output { what } => what,
+                        other => other.to_string(),
+                    };
+                    Error::Output {
+                        what: format!(
+                            "{cause}; the parts committed so far are kept in {}: fix the cause (e.g. free disk space) and rerun with --resume",
+                            out.join("parts").display()
+                        ),
+                    }
                 })?;
                 pending.clear();
                 part_start = None;

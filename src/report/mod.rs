@@ -275,20 +275,28 @@ impl ReportData {
             id.and_then(|i| file.run.label_mapping.model_labels.get(i as usize))
                 .cloned()
         };
+        // Rollout overlays need the run's preprocessing (to show the model's view).
+        let overlay = file.run.attention.as_ref().and_then(|a| {
+            let pre = crate::preprocess::Preprocessor::new(file.run.preprocess.clone()).ok()?;
+            Some((pre, a))
+        });
         let mistakes: Vec<Mistake> = wrong
             .par_iter()
             .map(|r| {
-                let (thumb_b64, thumb_note) = match data_dir {
-                    None => (None, Some("no data folder recorded".to_string())),
-                    Some(d) => match thumbnail(&d.join(&r.path)) {
+                // The source file is read and decoded once, for both card images.
+                let source = match data_dir {
+                    None => Err("no data folder recorded".to_string()),
+                    Some(d) => source_image(&d.join(&r.path)),
+                };
+                let (thumb_b64, thumb_note) =
+                    match source.as_ref().map_err(|e| e.clone()).and_then(thumbnail) {
                         Ok(b) => (Some(b), None),
                         Err(e) => (None, Some(e)),
-                    },
-                };
-                let rollout_b64 = match (data_dir, &file.run.attention, &r.attn_rollout) {
-                    (Some(d), Some(a), Some(v)) => {
-                        rollout_overlay(&d.join(&r.path), &file.run.preprocess, a, v).ok()
-                    }
+                    };
+                let rollout_b64 = match (&source, &overlay, &r.attn_rollout) {
+                    (Ok(rgb), Some((pre, a)), Some(v)) => rollout_image(rgb, pre, a, v)
+                        .and_then(|img| jpeg_b64(&img))
+                        .ok(),
                     _ => None,
                 };
                 let t = r.label_id.expect("evaluated");
@@ -422,49 +430,47 @@ fn percentile_interval(v: &mut [f64]) -> Interval {
     }
 }
 
-/// A JPEG thumbnail (base64) of an image file, or why not.
-fn thumbnail(path: &Path) -> std::result::Result<String, String> {
+/// A card's source image, decoded as the scoring run decoded it (by content, EXIF
+/// orientation applied, RGB like Pillow's `convert("RGB")`), or why not.
+fn source_image(path: &Path) -> std::result::Result<image::RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("not readable any more ({e})"))?;
+    let ext = path.extension().and_then(|e| e.to_str());
+    crate::preprocess::decode(&bytes, ext, crate::preprocess::DEFAULT_MAX_PIXELS)
+        .map(|d| d.rgb)
+        .map_err(|e| format!("could not be decoded ({e})"))
+}
+
+/// `img` scaled to `side` pixels on its long side.
+fn fit(img: &image::RgbImage, side: u32) -> image::RgbImage {
+    let scale = side as f64 / img.width().max(img.height()) as f64;
+    let w = ((img.width() as f64 * scale).round() as u32).max(1);
+    let h = ((img.height() as f64 * scale).round() as u32).max(1);
+    image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle)
+}
+
+fn jpeg_b64(img: &image::RgbImage) -> std::result::Result<String, String> {
     use base64::Engine as _;
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| format!("not readable any more ({e})"))?
-        .with_guessed_format()
-        .map_err(|e| format!("not readable any more ({e})"))?;
-    let img = reader
-        .decode()
-        .map_err(|e| format!("could not be decoded ({e})"))?;
-    let t = img.thumbnail(THUMB_PX, THUMB_PX).to_rgb8();
     let mut buf = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 85)
-        .encode_image(&t)
-        .map_err(|e| format!("thumbnail encoding failed ({e})"))?;
+        .encode_image(img)
+        .map_err(|e| format!("JPEG encoding failed ({e})"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// A small JPEG thumbnail (base64) of a card's source image.
+fn thumbnail(rgb: &image::RgbImage) -> std::result::Result<String, String> {
+    jpeg_b64(&fit(rgb, THUMB_PX))
 }
 
 /// Side of an attention-rollout overlay (the model's view, scaled).
 pub const ROLLOUT_PX: u32 = THUMB_PX;
 
-/// The image as the model saw it (decoded, resized and cropped by the run's own
-/// preprocessing) with the rollout over its patch grid blended on top in viridis
-/// (dark = little attention, yellow = most), JPEG base64.
-pub fn rollout_overlay(
-    path: &Path,
-    preprocess: &crate::preprocess::PreprocessConfig,
-    attention: &crate::attention::AttentionInfo,
-    rollout: &[f32],
-) -> std::result::Result<String, String> {
-    use base64::Engine as _;
-    let img = rollout_image(path, preprocess, attention, rollout)?;
-    let mut buf = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 85)
-        .encode_image(&img)
-        .map_err(|e| format!("overlay encoding failed ({e})"))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
-}
-
-/// The overlay as pixels (see [`rollout_overlay`]), `ROLLOUT_PX` on its long side.
+/// The image as the model saw it (`rgb` resized and cropped by the run's own
+/// preprocessing `pre`) with the rollout over its patch grid blended on top in
+/// viridis (dark = little attention, yellow = most), `ROLLOUT_PX` on its long side.
 pub fn rollout_image(
-    path: &Path,
-    preprocess: &crate::preprocess::PreprocessConfig,
+    rgb: &image::RgbImage,
+    pre: &crate::preprocess::Preprocessor,
     attention: &crate::attention::AttentionInfo,
     rollout: &[f32],
 ) -> std::result::Result<image::RgbImage, String> {
@@ -476,18 +482,8 @@ pub fn rollout_image(
             rollout.len()
         ));
     }
-    let pre =
-        crate::preprocess::Preprocessor::new(preprocess.clone()).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(path).map_err(|e| format!("not readable any more ({e})"))?;
-    let ext = path.extension().and_then(|e| e.to_str());
-    let decoded = crate::preprocess::decode(&bytes, ext, pre.max_pixels)?;
-    let view = pre.geometry(&decoded.rgb)?;
-    let scale = ROLLOUT_PX as f64 / view.width().max(view.height()) as f64;
-    let (w, h) = (
-        ((view.width() as f64 * scale).round() as u32).max(1),
-        ((view.height() as f64 * scale).round() as u32).max(1),
-    );
-    let view = image::imageops::resize(&view, w, h, image::imageops::FilterType::Triangle);
+    let view = fit(&pre.geometry(rgb)?, ROLLOUT_PX);
+    let (w, h) = (view.width(), view.height());
     let (lo, hi) = rollout
         .iter()
         .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
