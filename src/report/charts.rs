@@ -172,6 +172,20 @@ pub fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>> {
 }
 
 /// Draw into a fresh white `w`×`h` canvas and return the PNG.
+/// The series legend, upper left, the same on every chart that has one.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(font(13.0))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(chart_err)
+}
+
 fn draw_png(
     w: u32,
     h: u32,
@@ -625,15 +639,7 @@ fn confidence_histogram(right: &[u64], wrong: &[u64]) -> Result<(Vec<u8>, u32, u
             .map_err(d)?
             .label("wrong")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], WRONG.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(font(13.0))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(d)?;
-        Ok(())
+        legend(&mut chart)
     })?;
     Ok((png, w, h))
 }
@@ -703,15 +709,7 @@ fn reliability_diagram(data: &ReportData) -> Result<(Vec<u8>, u32, u32)> {
             .map_err(d)?
             .label("mean confidence vs accuracy")
             .legend(|(x, y)| Circle::new((x + 6, y), 3, WRONG.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(font(13.0))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(d)?;
-        Ok(())
+        legend(&mut chart)
     })?;
     Ok((png, w, h))
 }
