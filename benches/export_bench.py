@@ -9,7 +9,7 @@ logits within 1e-4. This script measures both on the current machine.
 Needs the torch venv (torch, transformers, onnxruntime 1.31.1, onnxscript); see
 scripts/fixtures/make_hf_parity.py. It builds the exporter example itself. Run:
     /work/.venvs/torch/bin/python benches/export_bench.py [--work /tmp/vit-export-bench]
-        [--models ti,s] [--batch 8] [--threads 2] [--runs 10]
+        [--models ti,s] [--batch 8,32] [--threads 2] [--runs 10]
 
 1. Export time + peak RSS (/usr/bin/time -v of the export process) of
    vit-base-patch16-224, random init (preset), for both variants; then the same
@@ -19,7 +19,7 @@ scripts/fixtures/make_hf_parity.py. It builds the exporter example itself. Run:
    (opset 18, dynamic batch); our exporter writes Standard and Fused graphs from the
    same folder. Each graph runs in ONNX Runtime (CPU, intra-op threads = --threads,
    graph optimisation ORT_ENABLE_ALL, i.e. what ORT does by default) on the same
-   batch, round-robin (one run of each graph per round, --runs rounds, after 2
+   batch (each size in --batch: 8, and 32 = `vit-batch score`'s default), round-robin (one run of each graph per round, --runs rounds, after 2
    warm-ups) so that other load on a shared machine hits all graphs alike; we report
    images/s from the median and from the best run, and the max-abs logits difference
    against PyTorch's eager forward. A second round-robin pass with ORT's thread
@@ -112,11 +112,38 @@ def bench_interleaved(paths, x, threads, runs, spinning=True):
                 statistics.median(cpu[k])) for k in paths}
 
 
+def bench_row(name, batch, graphs, xs, ref, a, torch_export_s):
+    """Both round-robin passes for one model at one batch size; the result row."""
+    import numpy as np
+    row = {"model": name, "batch": batch, "torch_export_seconds": torch_export_s, "graphs": {}}
+    for label, (logits, med, best, load_s, _) in bench_interleaved(graphs, xs, a.threads, a.runs).items():
+        err = float(np.abs(logits - ref).max())
+        row["graphs"][label] = {"images_per_s": batch / med, "images_per_s_best": batch / best,
+                                "max_abs_vs_pytorch": err, "session_load_s": load_s}
+        print(f"{name} batch {batch} {label}: {batch / med:.2f} img/s (median; best "
+              f"{batch / best:.2f}), max-abs vs PyTorch {err:.2e}, load {load_s:.2f}s",
+              file=sys.stderr)
+    # Second pass, ORT spinning off: CPU time per image (robust to other load).
+    for label, (_, _, _, _, cpu_s) in bench_interleaved(graphs, xs, a.threads, a.runs,
+                                                        spinning=False).items():
+        row["graphs"][label]["cpu_ms_per_image"] = cpu_s / batch * 1000
+        print(f"{name} batch {batch} {label}: {cpu_s / batch * 1000:.1f} CPU ms/image "
+              f"(spinning off)", file=sys.stderr)
+    tk = next(k for k in row["graphs"] if k.startswith("torch"))
+    for label in list(row["graphs"]):
+        g = row["graphs"][label]
+        g["speedup_vs_torch"] = g["images_per_s"] / row["graphs"][tk]["images_per_s"]
+        g["speedup_vs_torch_best"] = g["images_per_s_best"] / row["graphs"][tk]["images_per_s_best"]
+        g["cpu_speedup_vs_torch"] = row["graphs"][tk]["cpu_ms_per_image"] / g["cpu_ms_per_image"]
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/vit-export-bench")
     ap.add_argument("--models", default="ti,s")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="8,32",
+                    help="comma-separated batch sizes; 32 is vit-batch score's default")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--skip-base", action="store_true")
@@ -126,7 +153,8 @@ def main():
     import shutil
     build_exporter()
 
-    results = {"batch": a.batch, "threads": a.threads, "runs": a.runs, "export": [], "throughput": []}
+    batches = [int(b) for b in a.batch.split(",")]
+    results = {"batches": batches, "threads": a.threads, "runs": a.runs, "export": [], "throughput": []}
     # Before importing torch, so that this process stays small (see run_export).
     if not a.skip_base:
         weights_bytes = None
@@ -178,9 +206,7 @@ def main():
                         attn_implementation="eager")
         model = ViTForImageClassification(cfg).eval()
         model.save_pretrained(hf, safe_serialization=True)
-        x = torch.randn(a.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            ref = model(x).logits.numpy()
+        x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
         torch_onnx = os.path.join(base, "torch.onnx")
         t = time.perf_counter()
         exporter = "dynamo"
@@ -204,25 +230,12 @@ def main():
             r = run_export(["--checkpoint", hf, "--out", out, "--variant", variant])
             graphs[f"vit-batch {variant}"] = os.path.join(out, "model.onnx")
             print(f"{name}: our {variant} export {r['export_seconds']:.2f}s", file=sys.stderr)
-        xs = x.numpy()
-        row = {"model": name, "torch_export_seconds": torch_export_s, "graphs": {}}
-        for label, (logits, med, best, load_s, _) in bench_interleaved(graphs, xs, a.threads, a.runs).items():
-            err = float(np.abs(logits - ref).max())
-            row["graphs"][label] = {"images_per_s": xs.shape[0] / med, "images_per_s_best": xs.shape[0] / best,
-                                    "max_abs_vs_pytorch": err, "session_load_s": load_s}
-            print(f"{name} {label}: {xs.shape[0] / med:.2f} img/s (median; best {xs.shape[0] / best:.2f}), "
-                  f"max-abs vs PyTorch {err:.2e}, load {load_s:.2f}s", file=sys.stderr)
-        # Second pass, ORT spinning off: CPU time per image (robust to other load).
-        for label, (_, _, _, _, cpu_s) in bench_interleaved(graphs, xs, a.threads, a.runs, spinning=False).items():
-            row["graphs"][label]["cpu_ms_per_image"] = cpu_s / xs.shape[0] * 1000
-            print(f"{name} {label}: {cpu_s / xs.shape[0] * 1000:.1f} CPU ms/image (spinning off)", file=sys.stderr)
-        tk = next(k for k in row["graphs"] if k.startswith("torch"))
-        for label in list(row["graphs"]):
-            g = row["graphs"][label]
-            g["speedup_vs_torch"] = g["images_per_s"] / row["graphs"][tk]["images_per_s"]
-            g["speedup_vs_torch_best"] = g["images_per_s_best"] / row["graphs"][tk]["images_per_s_best"]
-            g["cpu_speedup_vs_torch"] = row["graphs"][tk]["cpu_ms_per_image"] / g["cpu_ms_per_image"]
-        results["throughput"].append(row)
+        for batch in batches:
+            xt = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                ref = model(xt).logits.numpy()
+            results["throughput"].append(
+                bench_row(name, batch, graphs, xt.numpy(), ref, a, torch_export_s))
     path = a.json or os.path.join(a.work, "results.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2)

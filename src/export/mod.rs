@@ -53,7 +53,7 @@ pub enum ExportSource {
 pub enum GraphVariant {
     /// Default-domain ONNX operators only (runs on any ONNX runtime).
     Standard,
-    /// ONNX Runtime `com.microsoft` contrib ops (`Attention`, `Gelu`/`FastGelu`):
+    /// ONNX Runtime `com.microsoft` contrib ops (`Attention`, `BiasGelu`/`FastGelu`):
     /// faster on ONNX Runtime, not loadable by runtimes without those ops.
     #[default]
     Fused,

@@ -7,13 +7,17 @@
 //! token → add position embeddings → L pre-norm blocks (LayerNorm → multi-head
 //! self-attention: Q, K, V; Q·Kᵀ/√d_head; softmax; ·V; heads concatenated; output
 //! projection → residual; LayerNorm → MLP with GELU → residual) → final LayerNorm →
-//! [CLS] → classifier → `logits`.
+//! [CLS] → classifier → `logits`. (Cutting patches with Reshape/Transpose and one
+//! `Gemm` instead of the Conv measured slower for ViT-Ti on ONNX Runtime 1.31: the
+//! 6-D Transpose alone cost 2.7 ms next to a 4.6 ms Conv, batch 8.)
 //!
 //! One exact shortcut: only the [CLS] (and distillation) token is read after the last
 //! block, and every step after attention is per token, so the last block computes
-//! queries, attention rows, projection and MLP for those tokens only (keys and values
-//! still from all tokens). Skipped when `with_attentions` asks for every query's
-//! attention row.
+//! queries, attention rows, projection and MLP for those tokens only. It does not
+//! project keys or values for all tokens either: with a handful of query rows,
+//! (q·W_k)·Xᵀ and W_v·(P·X)ᵀ are the same products regrouped, at O(S·D) instead of
+//! O(S·D²) (see [`cls_attention`]). Skipped when `with_attentions` asks for every
+//! query's attention row.
 //!
 //! Two variants:
 //! - [`GraphVariant::Standard`]: only default-domain ONNX ops. The token stream is
@@ -22,13 +26,17 @@
 //! - [`GraphVariant::Fused`]: ONNX Runtime's `com.microsoft` contrib ops `Attention`
 //!   (QKV projection + scaled dot-product attention in one kernel; its packed `[D, 3D]`
 //!   weight is the one tensor we re-lay out, a copy of 3·D² floats per layer) and
-//!   `Gelu`/`FastGelu`. With `with_attentions` the attention probabilities must be
-//!   graph outputs, which the fused `Attention` kernel does not expose, so that
-//!   variant keeps the unfused attention and fuses only GELU. The last block always
-//!   uses the unfused attention, restricted to the [CLS] query (see below).
+//!   `BiasGelu`/`FastGelu` (fc1's bias added in the activation's pass: a `Gemm` bias
+//!   is its own broadcast pass over the `[rows, 4D]` output, measured 0.75 ms of
+//!   3.7 ms for ViT-Ti's fc1 at batch 8). With `with_attentions` the attention
+//!   probabilities must be graph outputs, which the fused `Attention` kernel does not
+//!   expose, so that variant keeps the unfused attention and fuses only GELU. The last
+//!   block always uses the unfused [CLS]-only attention.
 //!   `SkipLayerNormalization` (residual add + LayerNorm) is deliberately NOT used: on
 //!   ONNX Runtime 1.31's CPU provider it measured about 4x slower than `Add` +
 //!   `LayerNormalization` for ViT-Ti shapes ([1576, 192]: 3.8 ms vs 0.9 ms, 2 threads).
+//!   Nor is `MultiHeadAttention` after separate Q/K/V projections: no faster than
+//!   `Attention` (ViT-Ti, batch 8, round-robin).
 
 use std::borrow::Cow;
 
@@ -257,33 +265,36 @@ pub fn build_vit<'b>(
                 &[],
                 &format!("{pre}.attn.context_2d"),
             )
-        } else {
-            // Query rows: every token, or the leading n_extra tokens in the last block.
-            let (q_in, q_shape) = if cls_only {
-                let starts = g.const_i64("slice_starts", &[0], false);
-                let ends = g.const_i64("slice_ends", &[n_extra], false);
-                let axes = g.const_i64("slice_axes", &[1], false);
-                let take = |g: &mut GraphBuilder<'b>, x: &str, name: &str| {
-                    let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
-                    let sl = g.op(
-                        "Slice",
-                        &[&x3, &starts, &ends, &axes],
-                        &[],
-                        &format!("{name}_cls3d"),
-                    );
-                    g.op("Reshape", &[&sl, &shape_2d], &[], &format!("{name}_cls"))
-                };
-                let q_in = take(&mut g, &ln1, &format!("{pre}.ln_before"));
-                h = take(&mut g, &h, &format!("hidden_{i}"));
-                rows_out = n_extra;
-                let q_shape = g.const_i64("shape_b_e_h_dh", &[-1, n_extra, heads, dh], false);
-                (q_in, q_shape)
-            } else {
-                (ln1.clone(), shape_bshd.clone())
+        } else if cls_only {
+            // Query rows: the leading n_extra tokens; the residual stream likewise.
+            let starts = g.const_i64("slice_starts", &[0], false);
+            let ends = g.const_i64("slice_ends", &[n_extra], false);
+            let axes = g.const_i64("slice_axes", &[1], false);
+            let take = |g: &mut GraphBuilder<'b>, x: &str, name: &str| {
+                let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
+                let sl = g.op(
+                    "Slice",
+                    &[&x3, &starts, &ends, &axes],
+                    &[],
+                    &format!("{name}_cls3d"),
+                );
+                g.op("Reshape", &[&sl, &shape_2d], &[], &format!("{name}_cls"))
             };
+            let q_in = take(&mut g, &ln1, &format!("{pre}.ln_before"));
+            h = take(&mut g, &h, &format!("hidden_{i}"));
+            rows_out = n_extra;
+            let dims = Dims {
+                d,
+                heads,
+                dh,
+                s,
+                n_extra,
+            };
+            cls_attention(&mut g, &pre, &ln1, &q_in, l, dims, [&shape_2d, &scale])
+        } else {
             let q = linear(
                 &mut g,
-                &q_in,
+                &ln1,
                 &format!("{pre}.attn.query"),
                 &l.q_w,
                 l.q_b.as_ref(),
@@ -313,7 +324,7 @@ pub fn build_vit<'b>(
                     )
                 };
             // [B, H, S, dh], Kᵀ as [B, H, dh, S]
-            let qh = split(&mut g, &q, &q_shape, vec![0, 2, 1, 3], &q);
+            let qh = split(&mut g, &q, &shape_bshd, vec![0, 2, 1, 3], &q);
             let kt = split(&mut g, &k, &shape_bshd, vec![0, 2, 3, 1], &k);
             let vh = split(&mut g, &v, &shape_bshd, vec![0, 2, 1, 3], &v);
             let scores = g.op(
@@ -384,19 +395,33 @@ pub fn build_vit<'b>(
             &l.ln2_b,
             eps,
         );
-        // 5e. MLP: D → I, GELU, I → D; residual.
-        let f1 = linear(
-            &mut g,
-            &ln2,
-            &format!("{pre}.mlp.fc1"),
-            &l.fc1_w,
-            Some(&l.fc1_b),
-        );
+        // 5e. MLP: D → I, GELU, I → D; residual. Fused: fc1 without its bias, which
+        //     BiasGelu / FastGelu add in the same pass as the activation (a Gemm bias
+        //     is a separate broadcast pass over the [rows, I] output).
         let ga = if fused {
-            let op = if act == Act::Erf { "Gelu" } else { "FastGelu" };
-            g.op_in(MS_DOMAIN, op, &[&f1], &[], &[&format!("{pre}.mlp.gelu")])
-                .remove(0)
+            let f1 = linear(&mut g, &ln2, &format!("{pre}.mlp.fc1"), &l.fc1_w, None);
+            let b1 = w(&mut g, &format!("{pre}.mlp.fc1.bias"), &l.fc1_b);
+            let op = if act == Act::Erf {
+                "BiasGelu"
+            } else {
+                "FastGelu"
+            };
+            g.op_in(
+                MS_DOMAIN,
+                op,
+                &[&f1, &b1],
+                &[],
+                &[&format!("{pre}.mlp.gelu")],
+            )
+            .remove(0)
         } else {
+            let f1 = linear(
+                &mut g,
+                &ln2,
+                &format!("{pre}.mlp.fc1"),
+                &l.fc1_w,
+                Some(&l.fc1_b),
+            );
             gelu(&mut g, &f1, act, &format!("{pre}.mlp.gelu"))
         };
         let f2 = linear(
@@ -453,6 +478,154 @@ pub fn build_vit<'b>(
     }
     g.output(&logits, &[batch(), Dim::Fixed(classes)]);
     Ok(g.finish(opts.opset, env!("CARGO_PKG_VERSION"), &opts.metadata))
+}
+
+/// Sizes the last block's attention needs.
+#[derive(Clone, Copy)]
+struct Dims {
+    d: i64,
+    heads: i64,
+    dh: i64,
+    s: i64,
+    n_extra: i64,
+}
+
+/// Attention of the last block for its `n_extra` query rows only, without computing
+/// keys or values for all S tokens (exact up to float rounding):
+/// - scores: q_h·K_hᵀ = q_h·(X·W_k,hᵀ + b_k,h)ᵀ = (q_h·W_k,h)·Xᵀ + q_h·b_k,h. The last
+///   term is one constant per score row, which softmax ignores, so the key bias drops
+///   out and the per-head weights `W_k` `[D, D]` read as `[H, dh, D]` as stored.
+/// - context: P_h·V_h = P_h·(X·W_v,hᵀ + b_v,h) = (P_h·X)·W_v,hᵀ + b_v,h, since every row
+///   of P_h sums to 1; `W_v` is likewise read as `[H, dh, D]` (ONNX Runtime folds the
+///   constant Transpose once, at session start).
+///
+/// That is O(S·D) per query row and head instead of the two S×D×D projections.
+/// `x2d` is the block's LayerNorm output `[B*S, D]`, `q_in` its query rows
+/// `[B*n_extra, D]`; returns the context rows `[B*n_extra, D]` before the output
+/// projection.
+fn cls_attention<'b>(
+    g: &mut GraphBuilder<'b>,
+    pre: &str,
+    x2d: &str,
+    q_in: &str,
+    l: &'b super::weights::LayerWeights<'_>,
+    dm: Dims,
+    consts: [&str; 2],
+) -> String {
+    let [shape_2d, scale] = consts;
+    let Dims {
+        d,
+        heads,
+        dh,
+        s,
+        n_extra,
+    } = dm;
+    let (du, hu, dhu) = (d as usize, heads as usize, dh as usize);
+    let q = linear(
+        g,
+        q_in,
+        &format!("{pre}.attn.query"),
+        &l.q_w,
+        l.q_b.as_ref(),
+    );
+    let q_shape = g.const_i64("shape_b_e_h_dh", &[-1, n_extra, heads, dh], false);
+    let q4 = g.op(
+        "Reshape",
+        &[&q, &q_shape],
+        &[],
+        &format!("{pre}.attn.query_4d"),
+    );
+    // [B, H, E, dh]
+    let qh = g.op(
+        "Transpose",
+        &[&q4],
+        &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        &format!("{pre}.attn.query_heads"),
+    );
+    // X as [B, 1, S, D], shared by every head.
+    let shape_b1sd = g.const_i64("shape_b_1_s_d", &[-1, 1, s, d], false);
+    let x4 = g.op(
+        "Reshape",
+        &[x2d, &shape_b1sd],
+        &[],
+        &format!("{pre}.attn.x_4d"),
+    );
+    let xt = g.op(
+        "Transpose",
+        &[&x4],
+        &[("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        &format!("{pre}.attn.x_t"),
+    );
+    // q_h·W_k,h: [B, H, E, dh] × [H, dh, D] → [B, H, E, D]; then ·Xᵀ → [B, H, E, S].
+    let wk = g.weight(
+        &format!("{pre}.attn.key.weight"),
+        &[hu, dhu, du],
+        Cow::Borrowed(&l.k_w.data),
+    );
+    let qk = g.op("MatMul", &[&qh, &wk], &[], &format!("{pre}.attn.query_key"));
+    let scores = g.op(
+        "MatMul",
+        &[&qk, &xt],
+        &[],
+        &format!("{pre}.attn.scores_raw"),
+    );
+    let scores = g.op("Mul", &[&scores, scale], &[], &format!("{pre}.attn.scores"));
+    let probs = g.op(
+        "Softmax",
+        &[&scores],
+        &[("axis", Attr::Int(-1))],
+        &format!("{pre}.attn.probs"),
+    );
+    // P_h·X: [B, H, E, S] × [B, 1, S, D] → [B, H, E, D]; then ·W_v,hᵀ → [B, H, E, dh].
+    let px = g.op(
+        "MatMul",
+        &[&probs, &x4],
+        &[],
+        &format!("{pre}.attn.probs_x"),
+    );
+    let wv = g.weight(
+        &format!("{pre}.attn.value.weight"),
+        &[hu, dhu, du],
+        Cow::Borrowed(&l.v_w.data),
+    );
+    let wvt = g.op(
+        "Transpose",
+        &[&wv],
+        &[("perm", Attr::Ints(vec![0, 2, 1]))],
+        &format!("{pre}.attn.value.weight_t"),
+    );
+    let mut ctx = g.op(
+        "MatMul",
+        &[&px, &wvt],
+        &[],
+        &format!("{pre}.attn.context_heads"),
+    );
+    if let Some(bv) = &l.v_b {
+        let bn = g.weight(
+            &format!("{pre}.attn.value.bias"),
+            &[hu, 1, dhu],
+            Cow::Borrowed(&bv.data),
+        );
+        ctx = g.op(
+            "Add",
+            &[&ctx, &bn],
+            &[],
+            &format!("{pre}.attn.context_biased"),
+        );
+    }
+    // Heads concatenated: [B, H, E, dh] → [B, E, H, dh] → [B*E, D].
+    let ctx = g.op(
+        "Transpose",
+        &[&ctx],
+        &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        &format!("{pre}.attn.context_bshd"),
+    );
+    g.op(
+        "Reshape",
+        &[&ctx, shape_2d],
+        &[],
+        &format!("{pre}.attn.context_2d"),
+    )
 }
 
 /// Exact GELU, x·½·(1 + erf(x/√2)), or the tanh approximation.

@@ -836,13 +836,18 @@ fn export_variants_use_the_ops_they_claim() {
     );
     assert_eq!(count(&ops, "", "Softmax"), 4);
     assert_eq!(count(&ops, "", "Erf"), 4);
+    // Gemms: blocks 0-2 Q, K, V, output, fc1, fc2; the last block projects no keys or
+    // values (Q, output, fc1, fc2); plus the classifier. A Conv embeds the patches.
+    assert_eq!(count(&ops, "", "Conv"), 1);
+    assert_eq!(count(&ops, "", "Gemm"), 3 * 6 + 4 + 1);
     let mut o = ExportOptions::new(src(), tmp.path().join("fused"));
     o.variant = GraphVariant::Fused;
     export(&o).unwrap();
     let ops = op_types(&tmp.path().join("fused/model.onnx"));
     // vit-micro has 4 blocks; the last one attends from [CLS] only (unfused).
     assert_eq!(count(&ops, "com.microsoft", "Attention"), 3);
-    assert_eq!(count(&ops, "com.microsoft", "Gelu"), 4);
+    assert_eq!(count(&ops, "com.microsoft", "BiasGelu"), 4);
+    assert_eq!(count(&ops, "com.microsoft", "Gelu"), 0);
     assert_eq!(count(&ops, "", "Softmax"), 1);
     assert_eq!(
         count(&ops, "", "Slice"),
