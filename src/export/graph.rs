@@ -11,7 +11,7 @@
 //! caller wants one in memory.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
 
 use prost::Message;
@@ -66,6 +66,8 @@ pub struct GraphBuilder<'a> {
     outputs: Vec<ValueInfoProto>,
     used: HashSet<String>,
     domains: BTreeSet<String>,
+    /// Shape constants by (base name, values), see [`GraphBuilder::shape`].
+    shapes: HashMap<(String, Vec<i64>), String>,
 }
 
 /// A finished model: the protobuf messages plus the initializer payloads.
@@ -133,6 +135,7 @@ impl<'a> GraphBuilder<'a> {
             outputs: Vec::new(),
             used: HashSet::new(),
             domains: BTreeSet::new(),
+            shapes: HashMap::new(),
         }
     }
 
@@ -205,6 +208,18 @@ impl<'a> GraphBuilder<'a> {
             data: Cow::Owned(bytes),
         });
         name
+    }
+
+    /// A 1-D int64 shape constant, made on first use and shared after: the graph holds
+    /// only the shapes that some node reads, each once.
+    pub fn shape(&mut self, name: &str, values: &[i64]) -> String {
+        let key = (name.to_string(), values.to_vec());
+        if let Some(n) = self.shapes.get(&key) {
+            return n.clone();
+        }
+        let n = self.const_i64(name, values, false);
+        self.shapes.insert(key, n.clone());
+        n
     }
 
     /// Add a node of the default domain with one output named after `out`.

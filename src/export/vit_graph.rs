@@ -163,7 +163,7 @@ pub fn build_vit<'b>(
         "patch_embeds",
     );
     // 2. Flatten the grid into a sequence: [B, D, g*g] → [B, N, D].
-    let shape_bdn = g.const_i64("shape_b_d_n", &[0, d, -1], false);
+    let shape_bdn = g.shape("shape_b_d_n", &[0, d, -1]);
     let flat = g.op("Reshape", &[&conv, &shape_bdn], &[], "patch_flat");
     let tokens = g.op(
         "Transpose",
@@ -179,7 +179,7 @@ pub fn build_vit<'b>(
         &[("start", Attr::Int(0)), ("end", Attr::Int(1))],
         "batch_size",
     );
-    let one_d = g.const_i64("one_d", &[1, d], false);
+    let one_d = g.shape("one_d", &[1, d]);
     let tok_shape = g.op(
         "Concat",
         &[&bsz, &one_d],
@@ -207,9 +207,9 @@ pub fn build_vit<'b>(
     let emb = g.op("Add", &[&seq, &pos], &[], "embeddings");
 
     // The encoder works on a [B*S, D] matrix (Gemm wants 2-D); attention reshapes.
-    let shape_2d = g.const_i64("shape_rows_d", &[-1, d], false);
-    let shape_bsd = g.const_i64("shape_b_s_d", &[-1, s, d], false);
-    let shape_bshd = g.const_i64("shape_b_s_h_dh", &[-1, s, heads, dh], false);
+    // Shape constants come from `g.shape`, made where first used, so that a variant
+    // holds only those it reads.
+    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
     let scale = g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]);
     let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
 
@@ -240,6 +240,7 @@ pub fn build_vit<'b>(
                 &wqkv.shape,
                 wqkv.data,
             );
+            let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
             let x3 = g.op(
                 "Reshape",
                 &[&ln1, &shape_bsd],
@@ -271,6 +272,7 @@ pub fn build_vit<'b>(
             let ends = g.const_i64("slice_ends", &[n_extra], false);
             let axes = g.const_i64("slice_axes", &[1], false);
             let take = |g: &mut GraphBuilder<'b>, x: &str, name: &str| {
+                let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
                 let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
                 let sl = g.op(
                     "Slice",
@@ -324,6 +326,7 @@ pub fn build_vit<'b>(
                     )
                 };
             // [B, H, S, dh], Kᵀ as [B, H, dh, S]
+            let shape_bshd = g.shape("shape_b_s_h_dh", &[-1, s, heads, dh]);
             let qh = split(&mut g, &q, &shape_bshd, vec![0, 2, 1, 3], &q);
             let kt = split(&mut g, &k, &shape_bshd, vec![0, 2, 3, 1], &k);
             let vh = split(&mut g, &v, &shape_bshd, vec![0, 2, 1, 3], &v);
@@ -438,7 +441,7 @@ pub fn build_vit<'b>(
     //    the [CLS] head and the distillation head). LayerNorm is per token, so taking
     //    the token first and normalising it equals normalising all tokens.
     let seq_out = h;
-    let shape_out = g.const_i64("shape_b_rows_d", &[-1, rows_out, d], false);
+    let shape_out = g.shape("shape_b_rows_d", &[-1, rows_out, d]);
     let h3 = g.op("Reshape", &[&seq_out, &shape_out], &[], "last_hidden_state");
     let mut head_logits = Vec::new();
     for (k, (hw, hb)) in weights.heads.iter().enumerate() {
@@ -528,7 +531,7 @@ fn cls_attention<'b>(
         &l.q_w,
         l.q_b.as_ref(),
     );
-    let q_shape = g.const_i64("shape_b_e_h_dh", &[-1, n_extra, heads, dh], false);
+    let q_shape = g.shape("shape_b_e_h_dh", &[-1, n_extra, heads, dh]);
     let q4 = g.op(
         "Reshape",
         &[&q, &q_shape],
@@ -543,7 +546,7 @@ fn cls_attention<'b>(
         &format!("{pre}.attn.query_heads"),
     );
     // X as [B, 1, S, D], shared by every head.
-    let shape_b1sd = g.const_i64("shape_b_1_s_d", &[-1, 1, s, d], false);
+    let shape_b1sd = g.shape("shape_b_1_s_d", &[-1, 1, s, d]);
     let x4 = g.op(
         "Reshape",
         &[x2d, &shape_b1sd],

@@ -867,6 +867,48 @@ fn export_variants_use_the_ops_they_claim() {
     );
 }
 
+/// Every initializer is read by some node, in both variants, with and without
+/// attention outputs (ONNX Runtime warns about, and drops, any that are not).
+#[test]
+fn export_graphs_hold_no_unused_initializers() {
+    use prost::Message;
+    let tmp = util::tempdir();
+    for (variant, attn) in VARIANTS.into_iter().flat_map(|v| [(v, true), (v, false)]) {
+        let out = tmp.path().join(format!("{variant:?}-{attn}"));
+        let mut o = ExportOptions::new(
+            ExportSource::Preset {
+                name: "vit-micro".into(),
+                seed: 1,
+                num_labels: 3,
+            },
+            &out,
+        );
+        o.variant = variant;
+        o.with_attentions = attn;
+        export(&o).unwrap();
+        let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+        let g = vit_batch::onnx::ModelProto::decode(bytes.as_slice())
+            .unwrap()
+            .graph
+            .unwrap();
+        let read: std::collections::HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(|s| s.as_str()))
+            .collect();
+        let unused: Vec<&str> = g
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .filter(|n| !read.contains(n))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{variant:?}, attentions {attn}: {unused:?}"
+        );
+    }
+}
+
 #[test]
 fn export_other_opsets_give_the_same_logits() {
     let tmp = util::tempdir();
