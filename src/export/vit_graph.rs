@@ -292,7 +292,7 @@ pub fn build_vit<'b>(
                 s,
                 n_extra,
             };
-            cls_attention(&mut g, &pre, &ln1, &q_in, l, dims, [&shape_2d, &scale])
+            cls_attention(&mut g, &pre, &ln1, &q_in, l, dims, &scale)
         } else {
             let q = linear(
                 &mut g,
@@ -513,9 +513,8 @@ fn cls_attention<'b>(
     q_in: &str,
     l: &'b super::weights::LayerWeights<'_>,
     dm: Dims,
-    consts: [&str; 2],
+    scale: &str,
 ) -> String {
-    let [shape_2d, scale] = consts;
     let Dims {
         d,
         heads,
@@ -623,9 +622,10 @@ fn cls_attention<'b>(
         &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
         &format!("{pre}.attn.context_bshd"),
     );
+    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
     g.op(
         "Reshape",
-        &[&ctx, shape_2d],
+        &[&ctx, &shape_2d],
         &[],
         &format!("{pre}.attn.context_2d"),
     )
