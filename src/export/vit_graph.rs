@@ -315,44 +315,17 @@ pub fn build_vit<'b>(
                 &l.v_w,
                 l.v_b.as_ref(),
             );
-            let split =
-                |g: &mut GraphBuilder<'b>, t: &str, shape: &str, perm: Vec<i64>, name: &str| {
-                    let r = g.op("Reshape", &[t, shape], &[], &format!("{name}_4d"));
-                    g.op(
-                        "Transpose",
-                        &[&r],
-                        &[("perm", Attr::Ints(perm))],
-                        &format!("{name}_heads"),
-                    )
-                };
             // [B, H, S, dh], Kᵀ as [B, H, dh, S]
             let shape_bshd = g.shape("shape_b_s_h_dh", &[-1, s, heads, dh]);
-            let qh = split(&mut g, &q, &shape_bshd, vec![0, 2, 1, 3], &q);
-            let kt = split(&mut g, &k, &shape_bshd, vec![0, 2, 3, 1], &k);
-            let vh = split(&mut g, &v, &shape_bshd, vec![0, 2, 1, 3], &v);
-            let scores = g.op(
-                "MatMul",
-                &[&qh, &kt],
-                &[],
-                &format!("{pre}.attn.scores_raw"),
-            );
-            let scores = g.op(
-                "Mul",
-                &[&scores, &scale],
-                &[],
-                &format!("{pre}.attn.scores"),
-            );
+            let qh = split_heads(&mut g, &q, &shape_bshd, [0, 2, 1, 3]);
+            let kt = split_heads(&mut g, &k, &shape_bshd, [0, 2, 3, 1]);
+            let vh = split_heads(&mut g, &v, &shape_bshd, [0, 2, 1, 3]);
             let probs_name = if opts.with_attentions {
                 format!("attentions.{i}")
             } else {
                 format!("{pre}.attn.probs")
             };
-            let probs = g.op(
-                "Softmax",
-                &[&scores],
-                &[("axis", Attr::Int(-1))],
-                &probs_name,
-            );
+            let probs = attention_probs(&mut g, &pre, &qh, &kt, &scale, &probs_name);
             if opts.with_attentions {
                 debug_assert_eq!(probs, probs_name);
                 g.output(
@@ -366,19 +339,7 @@ pub fn build_vit<'b>(
                 &[],
                 &format!("{pre}.attn.context_heads"),
             );
-            // Concatenate heads: [B, H, S, dh] → [B, S, H, dh] → [B*S, D].
-            let ctx = g.op(
-                "Transpose",
-                &[&ctx],
-                &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-                &format!("{pre}.attn.context_bshd"),
-            );
-            g.op(
-                "Reshape",
-                &[&ctx, &shape_2d],
-                &[],
-                &format!("{pre}.attn.context_2d"),
-            )
+            merge_heads(&mut g, &pre, &ctx, &shape_2d)
         };
         // 5c. Output projection, residual.
         let o = linear(
@@ -531,19 +492,8 @@ fn cls_attention<'b>(
         l.q_b.as_ref(),
     );
     let q_shape = g.shape("shape_b_e_h_dh", &[-1, n_extra, heads, dh]);
-    let q4 = g.op(
-        "Reshape",
-        &[&q, &q_shape],
-        &[],
-        &format!("{pre}.attn.query_4d"),
-    );
     // [B, H, E, dh]
-    let qh = g.op(
-        "Transpose",
-        &[&q4],
-        &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        &format!("{pre}.attn.query_heads"),
-    );
+    let qh = split_heads(g, &q, &q_shape, [0, 2, 1, 3]);
     // X as [B, 1, S, D], shared by every head.
     let shape_b1sd = g.shape("shape_b_1_s_d", &[-1, 1, s, d]);
     let x4 = g.op(
@@ -565,19 +515,7 @@ fn cls_attention<'b>(
         Cow::Borrowed(&l.k_w.data),
     );
     let qk = g.op("MatMul", &[&qh, &wk], &[], &format!("{pre}.attn.query_key"));
-    let scores = g.op(
-        "MatMul",
-        &[&qk, &xt],
-        &[],
-        &format!("{pre}.attn.scores_raw"),
-    );
-    let scores = g.op("Mul", &[&scores, scale], &[], &format!("{pre}.attn.scores"));
-    let probs = g.op(
-        "Softmax",
-        &[&scores],
-        &[("axis", Attr::Int(-1))],
-        &format!("{pre}.attn.probs"),
-    );
+    let probs = attention_probs(g, pre, &qk, &xt, scale, &format!("{pre}.attn.probs"));
     // P_h·X: [B, H, E, S] × [B, 1, S, D] → [B, H, E, D]; then ·W_v,hᵀ → [B, H, E, dh].
     let px = g.op(
         "MatMul",
@@ -615,17 +553,52 @@ fn cls_attention<'b>(
             &format!("{pre}.attn.context_biased"),
         );
     }
-    // Heads concatenated: [B, H, E, dh] → [B, E, H, dh] → [B*E, D].
+    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
+    merge_heads(g, pre, &ctx, &shape_2d)
+}
+
+/// `x` `[rows, D]` reshaped by `shape` to `[B, tokens, H, dh]` and transposed by `perm`
+/// (`[0, 2, 1, 3]`: heads first; `[0, 2, 3, 1]`: heads first and transposed).
+fn split_heads(g: &mut GraphBuilder<'_>, x: &str, shape: &str, perm: [i64; 4]) -> String {
+    let r = g.op("Reshape", &[x, shape], &[], &format!("{x}_4d"));
+    g.op(
+        "Transpose",
+        &[&r],
+        &[("perm", Attr::Ints(perm.to_vec()))],
+        &format!("{x}_heads"),
+    )
+}
+
+/// softmax(Q·Kᵀ·scale) over the last axis; `kt` is already transposed.
+fn attention_probs(
+    g: &mut GraphBuilder<'_>,
+    pre: &str,
+    q: &str,
+    kt: &str,
+    scale: &str,
+    probs_name: &str,
+) -> String {
+    let scores = g.op("MatMul", &[q, kt], &[], &format!("{pre}.attn.scores_raw"));
+    let scores = g.op("Mul", &[&scores, scale], &[], &format!("{pre}.attn.scores"));
+    g.op(
+        "Softmax",
+        &[&scores],
+        &[("axis", Attr::Int(-1))],
+        probs_name,
+    )
+}
+
+/// Heads concatenated: `[B, H, S, dh]` → `[B, S, H, dh]` → `[B*S, D]` (`shape_2d`).
+fn merge_heads(g: &mut GraphBuilder<'_>, pre: &str, ctx: &str, shape_2d: &str) -> String {
     let ctx = g.op(
         "Transpose",
-        &[&ctx],
+        &[ctx],
         &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
         &format!("{pre}.attn.context_bshd"),
     );
-    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
     g.op(
         "Reshape",
-        &[&ctx, &shape_2d],
+        &[&ctx, shape_2d],
         &[],
         &format!("{pre}.attn.context_2d"),
     )
