@@ -171,7 +171,6 @@ pub fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Draw into a fresh white `w`×`h` canvas and return the PNG.
 /// The series legend, upper left, the same on every chart that has one.
 fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
@@ -186,6 +185,7 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
         .map_err(chart_err)
 }
 
+/// Draw into a fresh white `w`×`h` canvas and return the PNG.
 fn draw_png(
     w: u32,
     h: u32,

@@ -413,10 +413,9 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let drawn = data.mistakes.iter().filter(|x| x.rollout_b64.is_some()).count();
             let _ = write!(
                 s,
-                "<p class=\"mut\" id=\"rollout-note\">Second image on each card: attention rollout (Abnar &amp; Zuidema, 2020) over the {}x{} patch grid of the image as the model saw it, dark = little attention, yellow = most; {} of {} layers, {} heads. Drawn for {drawn} of {} cards.</p>",
+                "<p class=\"mut\" id=\"rollout-note\">Second image on each card: attention rollout (Abnar &amp; Zuidema, 2020) over the {}x{} patch grid of the image as the model saw it, dark = little attention, yellow = most; all {} layers, {} heads. Drawn for {drawn} of {} cards.</p>",
                 a.grid[0],
                 a.grid[1],
-                a.layers,
                 a.layers,
                 a.heads,
                 data.mistakes.len()
