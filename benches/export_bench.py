@@ -211,14 +211,14 @@ def main():
         t = time.perf_counter()
         exporter = "dynamo"
         try:
-            torch.onnx.export(model, (x[:1],), torch_onnx, input_names=["pixel_values"],
+            torch.onnx.export(model, (x,), torch_onnx, input_names=["pixel_values"],
                               output_names=["logits"], opset_version=18,
                               dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
                               dynamo=True, external_data=False)
         except Exception as e:  # fall back to the TorchScript exporter
             print(f"dynamo export failed ({type(e).__name__}: {e}); using dynamo=False", file=sys.stderr)
             exporter = "torchscript"
-            torch.onnx.export(model, (x[:1],), torch_onnx, input_names=["pixel_values"],
+            torch.onnx.export(model, (x,), torch_onnx, input_names=["pixel_values"],
                               output_names=["logits"], opset_version=18,
                               dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
                               dynamo=False)

@@ -11,7 +11,7 @@ use prost::Message;
 use vit_batch::onnx;
 use vit_batch::record::{read_parquet, Row, Status};
 
-use crate::score::{digit_label_map, micro_model};
+use crate::score::{digit_label_map, micro_model, score_args};
 use crate::util::{self, assert_no_panic, run, stderr, tempdir, write};
 
 fn encode(img: &image::DynamicImage, f: image::ImageFormat) -> Vec<u8> {
@@ -682,25 +682,20 @@ fn an_unreadable_file_is_an_error_row() {
     std::fs::create_dir_all(&out_parent).unwrap();
     std::fs::set_permissions(&out_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = out_parent.join("run");
-    let args = [
-        "score",
+    let mut args = score_args(
         data.to_str().unwrap(),
-        "--model",
         model.to_str().unwrap(),
-        "--out",
         out.to_str().unwrap(),
-        "--label-map",
         lm.to_str().unwrap(),
-        "--quiet",
-        "--no-report",
-    ];
+    );
+    args.push("--no-report");
     // Root reads any file whatever its mode, so as root the binary runs as `nobody`.
     let is_root = unsafe { libc::geteuid() } == 0;
     let o = if is_root {
         std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(env!("CARGO_BIN_EXE_vit-batch"))
-            .args(args)
+            .args(&args)
             .env("ORT_DYLIB_PATH", util::ort_lib())
             .output()
             .expect("setpriv (util-linux)")

@@ -66,7 +66,8 @@ pub fn small_dataset(dir: &Path, classes: usize, per_class: usize) -> PathBuf {
     root
 }
 
-fn score_args<'a>(data: &'a str, model: &'a str, out: &'a str, lm: &'a str) -> Vec<&'a str> {
+/// `score DATA --model MODEL --out OUT --label-map LM --quiet`.
+pub fn score_args<'a>(data: &'a str, model: &'a str, out: &'a str, lm: &'a str) -> Vec<&'a str> {
     vec![
         "score",
         data,

@@ -11,7 +11,12 @@ fn main() {
     let dir = args.next().expect("usage: prep_bench DIR [SIDE] [REPEATS]");
     let side: u32 = args.next().map(|s| s.parse().unwrap()).unwrap_or(224);
     let repeats: usize = args.next().map(|s| s.parse().unwrap()).unwrap_or(3);
-    let mut files: Vec<_> = walk(std::path::Path::new(&dir));
+    let mut files: Vec<_> = walkdir::WalkDir::new(&dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
     files.sort();
     let p = Preprocessor::new(PreprocessConfig::vit_default(side)).unwrap();
     let mut out = vec![0f32; p.tensor_len()];
@@ -50,17 +55,4 @@ fn main() {
         1e3 * t_geom / n,
         1e3 * (best - t_decode - t_geom) / n
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            v.extend(walk(&p));
-        } else {
-            v.push(p);
-        }
-    }
-    v
 }
