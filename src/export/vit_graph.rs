@@ -214,9 +214,10 @@ pub fn build_vit<'b>(
     let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
 
     // Only the [CLS] (and distillation) token leaves the last block, so that block
-    // computes queries, attention, projection and MLP for those `n_extra` rows only
-    // (keys and values still come from every token): exact, and about 1/L less work.
-    // Not with attention outputs, which need every query of the last layer too.
+    // computes queries, attention, projection and MLP for those `n_extra` rows only,
+    // and attends without projecting keys or values ([`cls_attention`]): exact, and
+    // about 1/L less work. Not with attention outputs, which need every query of the
+    // last layer too.
     let nl = weights.layers.len();
     let mut rows_out = s;
     for (i, l) in weights.layers.iter().enumerate() {
@@ -509,11 +510,12 @@ fn cls_attention<'b>(
         &format!("{pre}.attn.x_t"),
     );
     // q_h·W_k,h: [B, H, E, dh] × [H, dh, D] → [B, H, E, D]; then ·Xᵀ → [B, H, E, S].
-    let wk = g.weight(
-        &format!("{pre}.attn.key.weight"),
-        &[hu, dhu, du],
-        Cow::Borrowed(&l.k_w.data),
-    );
+    // A Linear weight [D, D] (rows = output features, head by head) read as stored as
+    // [H, dh, D]: row block h is head h's projection.
+    let per_head = |g: &mut GraphBuilder<'b>, name: &str, t: &'b Tensor<'_>| {
+        g.weight(name, &[hu, dhu, du], Cow::Borrowed(&t.data))
+    };
+    let wk = per_head(g, &format!("{pre}.attn.key.weight"), &l.k_w);
     let qk = g.op("MatMul", &[&qh, &wk], &[], &format!("{pre}.attn.query_key"));
     let probs = attention_probs(g, pre, &qk, &xt, scale, &format!("{pre}.attn.probs"));
     // P_h·X: [B, H, E, S] × [B, 1, S, D] → [B, H, E, D]; then ·W_v,hᵀ → [B, H, E, dh].
@@ -523,11 +525,7 @@ fn cls_attention<'b>(
         &[],
         &format!("{pre}.attn.probs_x"),
     );
-    let wv = g.weight(
-        &format!("{pre}.attn.value.weight"),
-        &[hu, dhu, du],
-        Cow::Borrowed(&l.v_w.data),
-    );
+    let wv = per_head(g, &format!("{pre}.attn.value.weight"), &l.v_w);
     let wvt = g.op(
         "Transpose",
         &[&wv],

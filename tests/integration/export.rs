@@ -63,6 +63,15 @@ fn random_pixels(batch: usize, size: usize, seed: u64) -> Array4<f32> {
     Array4::from_shape_fn((batch, 3, size, size), |_| rng.random_range(-1.0f32..1.0))
 }
 
+/// The `vit-micro` preset (32×32 input, 4 blocks), random weights from `seed`.
+fn micro_preset(seed: u64, num_labels: usize) -> ExportSource {
+    ExportSource::Preset {
+        name: "vit-micro".into(),
+        seed,
+        num_labels,
+    }
+}
+
 fn max_abs(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
     a.zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
@@ -142,14 +151,7 @@ fn export_preset_matches_reference_both_variants() {
         for attn in [false, true] {
             let tmp = util::tempdir();
             let out = tmp.path().join("onnx");
-            let mut o = ExportOptions::new(
-                ExportSource::Preset {
-                    name: "vit-micro".into(),
-                    seed: 3,
-                    num_labels: labels,
-                },
-                &out,
-            );
+            let mut o = ExportOptions::new(micro_preset(3, labels), &out);
             o.variant = variant;
             o.with_attentions = attn;
             let s = export(&o).unwrap();
@@ -489,11 +491,7 @@ fn export_preset_is_deterministic() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
     let c = tmp.path().join("c");
-    let src = |seed| ExportSource::Preset {
-        name: "vit-micro".into(),
-        seed,
-        num_labels: 4,
-    };
+    let src = |seed| micro_preset(seed, 4);
     export(&ExportOptions::new(src(9), &a)).unwrap();
     export(&ExportOptions::new(src(9), &b)).unwrap();
     export(&ExportOptions::new(src(10), &c)).unwrap();
@@ -655,14 +653,7 @@ fn export_bad_checkpoints_fail_with_typed_errors() {
         "{e}"
     );
     // Unsupported opset.
-    let mut o = ExportOptions::new(
-        ExportSource::Preset {
-            name: "vit-micro".into(),
-            seed: 0,
-            num_labels: 2,
-        },
-        tmp.path().join("opset-out"),
-    );
+    let mut o = ExportOptions::new(micro_preset(0, 2), tmp.path().join("opset-out"));
     o.opset = 13;
     let e = export(&o).unwrap_err();
     assert!(
@@ -818,11 +809,7 @@ fn op_types(model: &Path) -> Vec<(String, String)> {
 #[test]
 fn export_variants_use_the_ops_they_claim() {
     let tmp = util::tempdir();
-    let src = || ExportSource::Preset {
-        name: "vit-micro".into(),
-        seed: 1,
-        num_labels: 3,
-    };
+    let src = || micro_preset(1, 3);
     let count = |ops: &[(String, String)], dom: &str, op: &str| {
         ops.iter().filter(|(d, o)| d == dom && o == op).count()
     };
@@ -875,14 +862,7 @@ fn export_graphs_hold_no_unused_initializers() {
     let tmp = util::tempdir();
     for (variant, attn) in VARIANTS.into_iter().flat_map(|v| [(v, true), (v, false)]) {
         let out = tmp.path().join(format!("{variant:?}-{attn}"));
-        let mut o = ExportOptions::new(
-            ExportSource::Preset {
-                name: "vit-micro".into(),
-                seed: 1,
-                num_labels: 3,
-            },
-            &out,
-        );
+        let mut o = ExportOptions::new(micro_preset(1, 3), &out);
         o.variant = variant;
         o.with_attentions = attn;
         export(&o).unwrap();
@@ -916,14 +896,7 @@ fn export_other_opsets_give_the_same_logits() {
     let mut base = None;
     for opset in [18, 17, 21] {
         let out = tmp.path().join(format!("o{opset}"));
-        let mut o = ExportOptions::new(
-            ExportSource::Preset {
-                name: "vit-micro".into(),
-                seed: 2,
-                num_labels: 3,
-            },
-            &out,
-        );
+        let mut o = ExportOptions::new(micro_preset(2, 3), &out);
         o.opset = opset;
         export(&o).unwrap();
         let got = run(&mut session(&out.join("model.onnx")), &px)
