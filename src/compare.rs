@@ -38,82 +38,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::record::{self, Row, Status};
-use crate::score::MetricsFile;
+use crate::record::{Row, Status};
+use crate::run::{MetricsFile, Run};
 
 /// Slack for float noise when comparing a drop with its allowance.
 const EPS: f64 = 1e-9;
 
-/// Thresholds and inputs of the gate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CompareOptions {
-    /// Baseline run folder (or its `metrics.json` / `predictions.parquet`).
-    pub baseline: PathBuf,
-    /// Candidate run folder.
-    pub candidate: PathBuf,
-    /// Largest allowed top-1 accuracy drop, in percentage points.
-    pub max_accuracy_drop_pp: f64,
-    /// Largest allowed per-class recall drop, in percentage points.
-    pub max_class_recall_drop_pp: f64,
-    /// Classes with fewer compared images are reported but not gated.
-    pub min_class_support: u64,
-    /// Significance level of McNemar's test.
-    pub alpha: f64,
-    /// Largest allowed throughput drop in percent; `None` = gate off.
-    pub max_throughput_drop_pct: Option<f64>,
-    /// Compare only the images common to both runs instead of refusing.
-    pub allow_partial: bool,
-}
-
-pub const DEFAULT_MAX_ACCURACY_DROP_PP: f64 = 0.5;
-pub const DEFAULT_MAX_CLASS_RECALL_DROP_PP: f64 = 5.0;
-pub const DEFAULT_MIN_CLASS_SUPPORT: u64 = 20;
-pub const DEFAULT_ALPHA: f64 = 0.05;
-
-impl CompareOptions {
-    /// Options with the documented defaults.
-    pub fn new(baseline: impl Into<PathBuf>, candidate: impl Into<PathBuf>) -> Self {
-        CompareOptions {
-            baseline: baseline.into(),
-            candidate: candidate.into(),
-            max_accuracy_drop_pp: DEFAULT_MAX_ACCURACY_DROP_PP,
-            max_class_recall_drop_pp: DEFAULT_MAX_CLASS_RECALL_DROP_PP,
-            min_class_support: DEFAULT_MIN_CLASS_SUPPORT,
-            alpha: DEFAULT_ALPHA,
-            max_throughput_drop_pct: None,
-            allow_partial: false,
-        }
-    }
-
-    /// Check the thresholds (the paths are checked when the runs are read).
-    pub fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(Error::Compare { what });
-        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        if !finite_nonneg(self.max_accuracy_drop_pp) {
-            return bad(format!(
-                "max accuracy drop must be a number >= 0 (percentage points), got {}",
-                self.max_accuracy_drop_pp
-            ));
-        }
-        if !finite_nonneg(self.max_class_recall_drop_pp) {
-            return bad(format!(
-                "max class recall drop must be a number >= 0 (percentage points), got {}",
-                self.max_class_recall_drop_pp
-            ));
-        }
-        if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return bad(format!("alpha must be in (0, 1), got {}", self.alpha));
-        }
-        if let Some(t) = self.max_throughput_drop_pct {
-            if !finite_nonneg(t) {
-                return bad(format!(
-                    "max throughput drop must be a number >= 0 (percent), got {t}"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::options::CompareOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -342,45 +273,18 @@ pub struct LoadedRun {
     pub rows: Vec<Row>,
 }
 
-/// The run folder a user-given path designates.
-pub fn run_dir(p: &Path) -> PathBuf {
-    if p.is_file() {
-        p.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    } else {
-        p.to_path_buf()
-    }
-}
-
 /// Read `metrics.json` and `predictions.parquet` of a run folder.
 pub fn load_run(p: &Path, which: &str) -> Result<LoadedRun> {
-    let dir = run_dir(p);
-    if !dir.is_dir() {
-        return Err(Error::Compare {
-            what: format!("{which} run {}: no such folder", p.display()),
-        });
-    }
-    let mpath = dir.join("metrics.json");
-    let ppath = dir.join("predictions.parquet");
-    for f in [&mpath, &ppath] {
-        if !f.is_file() {
-            return Err(Error::Compare {
-                what: format!(
-                    "{which} run {}: {} is missing (is this a finished `vit-batch score` run folder?)",
-                    dir.display(),
-                    f.file_name().unwrap_or_default().to_string_lossy()
-                ),
-            });
-        }
-    }
-    let metrics = MetricsFile::read(&mpath).map_err(|e| Error::Compare {
+    let wrap = |e: Error| Error::Compare {
         what: format!("{which} run: {e}"),
-    })?;
-    let rows = record::read_parquet(&ppath).map_err(|e| Error::Compare {
-        what: format!("{which} run: {e}"),
-    })?;
-    Ok(LoadedRun { dir, metrics, rows })
+    };
+    let run = Run::open(p).map_err(wrap)?;
+    let rows = run.rows().map_err(wrap)?;
+    Ok(LoadedRun {
+        dir: run.dir,
+        metrics: run.metrics,
+        rows,
+    })
 }
 
 fn summary(r: &LoadedRun) -> RunSummary {
@@ -1018,13 +922,27 @@ impl CompareReport {
     pub fn write_junit(&self, path: &Path) -> Result<()> {
         write_out(path, self.to_junit().as_bytes())
     }
+
+    /// Write the files `opts` asks for (`json`, `markdown`, `junit`).
+    pub fn write_files(&self, opts: &CompareOptions) -> Result<()> {
+        if let Some(p) = &opts.json {
+            self.write_json(p)?;
+        }
+        if let Some(p) = &opts.markdown {
+            self.write_markdown(p)?;
+        }
+        if let Some(p) = &opts.junit {
+            self.write_junit(p)?;
+        }
+        Ok(())
+    }
 }
 
 fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    record::atomic_write_bytes(path, bytes)
+    crate::fs::atomic_write_bytes(path, bytes)
 }
 
 fn short_sha(s: &str) -> String {

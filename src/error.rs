@@ -14,6 +14,25 @@ pub enum Error {
     },
     #[error("invalid configuration: {what}")]
     Config { what: String },
+    /// An option has a value it cannot take; `option` is its name as the user wrote
+    /// it in a pipeline file or, with dashes, on the command line.
+    #[error("{option}: {what}")]
+    InvalidOption { option: &'static str, what: String },
+    /// A folder that should hold a finished run does not.
+    #[error("{}: not a finished vit-batch run: {missing} is missing (run `vit-batch score` first)", dir.display())]
+    NotARun { dir: PathBuf, missing: &'static str },
+    /// A file vit-batch reads back is not what it wrote.
+    #[error("{}: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    /// An output folder cannot be used as asked.
+    #[error("output folder {}: {what}", dir.display())]
+    OutDir { dir: PathBuf, what: String },
+    /// Committing a part failed; the parts committed before are kept.
+    #[error("{cause}; the parts committed so far are kept in {}: fix the cause (e.g. free disk space) and rerun with --resume", parts.display())]
+    PartCommit { parts: PathBuf, cause: Box<Error> },
+    /// Writing a file failed for a reason other than an OS error.
+    #[error("cannot write {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: String },
     #[error("model: {what}")]
     Model { what: String },
     #[error("ONNX Runtime: {what}")]
@@ -57,4 +76,10 @@ impl Error {
             source,
         }
     }
+}
+
+/// How a message names an option that the user may have set either way: the flag,
+/// then the key of a pipeline file (`--batch-size` / `batch_size`).
+pub fn option_name(key: &str) -> String {
+    format!("--{} (`{key}` in a pipeline file)", key.replace('_', "-"))
 }

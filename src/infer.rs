@@ -13,22 +13,17 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// Where ONNX Runtime runs the model.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
     Cpu,
+    /// NVIDIA GPUs (needs the onnxruntime-gpu library: `scripts/setup --gpu`).
     Cuda,
-}
-
-impl std::str::FromStr for Provider {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Provider::Cpu),
-            "cuda" => Ok(Provider::Cuda),
-            _ => Err(format!("unknown provider '{s}' (cpu or cuda)")),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

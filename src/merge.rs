@@ -3,22 +3,18 @@
 //! A shard is an ordinary run folder whose `run.json` names its shard `K/N`, the
 //! dataset fingerprint, the model and the preprocessing. Shard K holds the entries
 //! `K, K+N, K+2N, ...` of the sorted file list, so the single-machine order is a
-//! round-robin interleave of the shards, streamed in chunks; the rows then go through the same writer as
-//! `score` and `--resume` (`score::write_outputs`), so the merged predictions, metrics
-//! and report are identical to a single run.
+//! round-robin interleave of the shards, streamed in chunks; the rows then go through
+//! the same writer as `score` and `--resume` (`run::write_outputs`), so the merged
+//! predictions, metrics and report are identical to a single run. Shards must agree
+//! by the same identity rule as `--resume` (`RunIdentity::differences`).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::record::{self, Row};
-use crate::score::{self, MetricsFile, RunIdentity, ShardThroughput, Throughput};
+use crate::run::{self, IdentityScope, MetricsFile, OutPolicy, Run, RunIdentity, ShardThroughput, Throughput};
 
-#[derive(Debug, Clone)]
-pub struct MergeOptions {
-    pub shards: Vec<PathBuf>,
-    pub out: PathBuf,
-    pub overwrite: bool,
-}
+pub use crate::options::MergeOptions;
 
 struct ShardRun {
     dir: PathBuf,
@@ -31,25 +27,21 @@ fn err(what: String) -> Error {
 }
 
 fn load(dir: &Path) -> Result<ShardRun> {
-    let run_json = dir.join("run.json");
-    let text = std::fs::read_to_string(&run_json).map_err(|e| {
+    let identity = RunIdentity::read(dir).map_err(|e| {
         err(format!(
-            "{}: not a vit-batch run folder (run.json: {e})",
+            "{}: not a vit-batch run folder ({e})",
             dir.display()
         ))
     })?;
-    let identity: RunIdentity =
-        serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", run_json.display())))?;
-    let mp = dir.join("metrics.json");
-    if !mp.exists() || !dir.join("predictions.parquet").exists() {
-        return Err(err(format!(
+    let run = Run::open(dir).map_err(|_| {
+        err(format!(
             "shard {} is incomplete (no metrics.json / predictions.parquet): finish it with `vit-batch score ... --resume`",
             dir.display()
-        )));
-    }
+        ))
+    })?;
     Ok(ShardRun {
         dir: dir.to_path_buf(),
-        metrics: MetricsFile::read(&mp)?,
+        metrics: run.metrics,
         identity,
     })
 }
@@ -73,6 +65,7 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
                 s.dir.display()
             )));
         };
+        let diffs = id.differences(&first.identity, IdentityScope::Content);
         let what = if sh.count != n {
             Some(format!(
                 "is shard {}/{} but {} is shard {}/{n}",
@@ -81,21 +74,12 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
                 first.dir.display(),
                 s0.index
             ))
-        } else if id.model_sha256 != first.identity.model_sha256 {
+        } else if !diffs.is_empty() {
             Some(format!(
-                "used another model (sha256 {} vs {})",
-                &id.model_sha256[..12],
-                &first.identity.model_sha256[..12]
+                "used another {} than {}",
+                diffs.join(", another "),
+                first.dir.display()
             ))
-        } else if id.dataset_fingerprint != first.identity.dataset_fingerprint {
-            Some("saw another dataset (fingerprint of paths and sizes differs)".to_string())
-        } else if id.preprocess != first.identity.preprocess {
-            Some("used other preprocessing".to_string())
-        } else if id.top_k != first.identity.top_k
-            || id.limit != first.identity.limit
-            || id.model_labels != first.identity.model_labels
-        {
-            Some("used other --top-k / --limit / labels".to_string())
         } else {
             None
         };
@@ -138,25 +122,17 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         .collect::<Result<Vec<_>>>()?;
     let n = check(&shards)?;
     shards.sort_by_key(|s| s.identity.shard.expect("checked").index);
-    // Output folder: same rules as `score`.
-    if opts.out.exists()
-        && std::fs::read_dir(&opts.out)
-            .map_err(|e| Error::io(&opts.out, e))?
-            .next()
-            .is_some()
-    {
-        if !opts.overwrite {
-            return Err(err(format!(
-                "{} is not empty; pass --overwrite to replace it",
-                opts.out.display()
-            )));
-        }
-        score::clear_run_files(&opts.out)?;
-    }
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    run::prepare_out_dir(
+        &opts.out,
+        if opts.overwrite {
+            OutPolicy::Overwrite
+        } else {
+            OutPolicy::Fresh
+        },
+    )?;
     let files: Vec<PathBuf> = shards
         .iter()
-        .map(|s| s.dir.join("predictions.parquet"))
+        .map(|s| s.dir.join(run::PREDICTIONS))
         .collect();
     let mut total = 0;
     for (s, f) in shards.iter().zip(&files) {
@@ -178,10 +154,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
     let mut identity = shards[0].identity.clone();
     identity.shard = None;
     identity.rows = total;
-    record::atomic_write_bytes(
-        &opts.out.join("run.json"),
-        serde_json::to_string_pretty(&identity)?.as_bytes(),
-    )?;
+    identity.write(&opts.out)?;
     let per: Vec<ShardThroughput> = shards
         .iter()
         .map(|s| ShardThroughput {
@@ -193,16 +166,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         .collect();
     let scored: u64 = per.iter().map(|p| p.scored).sum();
     let wall = per.iter().map(|p| p.wall_s).fold(0.0, f64::max);
-    let throughput = Throughput {
-        scored,
-        wall_s: wall,
-        images_per_s: if wall > 0.0 {
-            scored as f64 / wall
-        } else {
-            0.0
-        },
-        shards: per,
-    };
+    let throughput = Throughput::new(scored, wall, per);
     let mut run = shards[0].metrics.run.clone();
     run.shard = None;
     let skipped = shards[0].metrics.metrics.counts.skipped;
@@ -227,5 +191,5 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         }
         Ok(out)
     });
-    score::write_outputs(&opts.out, batches, &identity, skipped, throughput, run)
+    run::write_outputs(&opts.out, batches, &identity, skipped, throughput, run)
 }

@@ -7,7 +7,6 @@
 //! streamed part by part into row groups, never held whole in memory.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -248,70 +247,7 @@ pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A temporary output file that remembers the first I/O error written through it,
-/// so that a failure deep inside a Parquet encoder (which may report only "transport
-/// error") is reported with its real cause ("No space left on device").
-pub struct OutFile {
-    file: File,
-    first_error: Option<std::io::Error>,
-}
-
-impl std::io::Write for OutFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf).inspect_err(|e| self.note(e))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush().inspect_err(|e| self.note(e))
-    }
-}
-
-impl OutFile {
-    fn note(&mut self, e: &std::io::Error) {
-        if self.first_error.is_none() {
-            self.first_error = Some(std::io::Error::new(e.kind(), e.to_string()));
-        }
-    }
-}
-
-/// Write `path` atomically: `write` fills a temporary file in the same folder, which
-/// is then synced and renamed over `path`. On failure the temporary file is removed.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut OutFile) -> Result<()>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let (file, tmp_path) = tmp.into_parts();
-    let mut out = OutFile {
-        file,
-        first_error: None,
-    };
-    if let Err(e) = write(&mut out) {
-        return Err(match (e, out.first_error.take()) {
-            (_, Some(io)) => Error::io(path, io),
-            (e @ Error::Io { .. }, None) => e,
-            (other, None) => Error::Output {
-                what: format!("cannot write {}: {other}", path.display()),
-            },
-        });
-    }
-    // tempfile creates 0600 files; outputs are ordinary files others may read.
-    use std::os::unix::fs::PermissionsExt;
-    out.file
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| Error::io(path, e))?;
-    out.file.sync_all().map_err(|e| Error::io(path, e))?;
-    tmp_path
-        .persist(path)
-        .map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
-
-pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    atomic_write(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
-}
-
-fn writer(f: &mut OutFile) -> ParquetWriter<&mut OutFile> {
+fn writer(f: &mut crate::fs::OutFile) -> ParquetWriter<&mut crate::fs::OutFile> {
     // Min/max statistics are off: polars 0.55 writes min/max for some of these
     // columns in a form its own reader rejects ("max_value of statistics MUST be
     // plain encoded"). Null counts are kept.
@@ -330,7 +266,7 @@ fn writer(f: &mut OutFile) -> ParquetWriter<&mut OutFile> {
 /// Write rows as one Parquet file, atomically.
 pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
     let mut df = to_frame(rows)?;
-    atomic_write(path, |f| {
+    crate::fs::atomic_write(path, |f| {
         writer(f).finish(&mut df)?;
         Ok(())
     })
@@ -431,7 +367,7 @@ impl Parts {
 
 /// Write a sequence of row batches into one Parquet file (one row group per batch).
 pub fn write_streamed(dest: &Path, batches: impl Iterator<Item = Result<Vec<Row>>>) -> Result<()> {
-    atomic_write(dest, |f| {
+    crate::fs::atomic_write(dest, |f| {
         let schema = to_frame(&[])?.schema().as_ref().clone();
         let mut w = writer(f).batched(&schema)?;
         for b in batches {

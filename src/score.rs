@@ -6,246 +6,26 @@
 //! memory stays flat whatever the dataset size. Everything a run depends on is
 //! written to `run.json` first; `--resume` checks it and scores only missing parts.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::options::ScoreOptions;
+use crate::progress::Progress;
 use crate::infer::{Engine, EngineOptions, Provider};
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::model::{self, LabelMapping, ModelBundle};
 use crate::preprocess::{PreprocessConfig, Preprocessor};
-use crate::record::{self, Parts, Row, Status};
+use crate::record::{Parts, Row, Status};
+use crate::run::{self, IdentityScope, RunIdentity, RunInfo, Throughput};
 use crate::walk::{self, Dataset, Entry};
-
-/// Files a run folder holds; `--overwrite` removes exactly these.
-pub const RUN_FILES: &[&str] = &[
-    "run.json",
-    "predictions.parquet",
-    "metrics.json",
-    "report.html",
-    "report.md",
-    "report.json",
-    "charts",
-    "parts",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// Bar on a terminal, periodic lines otherwise.
-    Auto,
-    Quiet,
-}
-
-/// This process's share of a sharded run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct ScoreOptions {
-    pub data_dir: PathBuf,
-    pub model: PathBuf,
-    pub out_dir: PathBuf,
-    pub batch_size: usize,
-    /// Total CPU threads (ORT intra-op and preprocessing).
-    pub threads: usize,
-    pub provider: Provider,
-    pub top_k: usize,
-    pub label_map: Option<PathBuf>,
-    pub limit: Option<usize>,
-    pub ort_lib: Option<PathBuf>,
-    pub max_pixels: u64,
-    pub resume: bool,
-    pub overwrite: bool,
-    pub shard: Option<Shard>,
-    /// Where the shard identity came from (flag or a scheduler's variables).
-    pub shard_source: Option<String>,
-    pub progress: Progress,
-    /// Rows per committed part (rounded up to a whole number of batches).
-    pub part_rows: usize,
-    /// ONNX Runtime intra-op spinning (see [`EngineOptions::spinning`]).
-    pub ort_spinning: bool,
-}
-
-impl ScoreOptions {
-    pub fn new(data_dir: PathBuf, model: PathBuf, out_dir: PathBuf) -> Self {
-        ScoreOptions {
-            data_dir,
-            model,
-            out_dir,
-            batch_size: 32,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            provider: Provider::Cpu,
-            top_k: 5,
-            label_map: None,
-            limit: None,
-            ort_lib: None,
-            max_pixels: crate::preprocess::DEFAULT_MAX_PIXELS,
-            resume: false,
-            overwrite: false,
-            shard: None,
-            shard_source: None,
-            progress: Progress::Auto,
-            part_rows: 1024,
-            ort_spinning: true,
-        }
-    }
-}
-
-/// What a run depends on; `--resume` and `merge` refuse runs whose identity differs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunIdentity {
-    pub tool_version: String,
-    pub model_sha256: String,
-    pub preprocess: PreprocessConfig,
-    /// "preprocessor_config.json" or the defaults used for a bare model.
-    pub preprocess_source: String,
-    /// Fingerprint of the whole dataset (before sharding and --limit).
-    pub dataset_fingerprint: String,
-    pub dataset_images: usize,
-    pub limit: Option<usize>,
-    pub shard: Option<Shard>,
-    pub top_k: usize,
-    pub model_labels: Vec<String>,
-    /// Rows this run (or shard) is responsible for.
-    pub rows: usize,
-    pub part_rows: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Throughput {
-    /// Rows scored by the process(es) that wrote this run (resumed rows excluded).
-    pub scored: u64,
-    pub wall_s: f64,
-    pub images_per_s: f64,
-    /// Per shard, when the run was merged from shards.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shards: Vec<ShardThroughput>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ShardThroughput {
-    pub shard: Shard,
-    pub scored: u64,
-    pub wall_s: f64,
-    pub images_per_s: f64,
-}
-
-/// Provenance of a run, recorded in `metrics.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunInfo {
-    pub tool: String,
-    pub tool_version: String,
-    pub data_dir: String,
-    pub model: String,
-    pub model_sha256: String,
-    pub onnxruntime_version: String,
-    pub provider: Provider,
-    pub threads: usize,
-    pub batch_size: usize,
-    pub preprocess: PreprocessConfig,
-    pub preprocess_source: String,
-    pub dataset_fingerprint: String,
-    pub shard: Option<Shard>,
-    pub label_mapping: LabelMapping,
-    pub warnings: Vec<String>,
-    /// How `attn_rollout` maps onto the image, for a model with attention outputs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attention: Option<crate::attention::AttentionInfo>,
-}
-
-/// `metrics.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MetricsFile {
-    #[serde(flatten)]
-    pub metrics: Metrics,
-    pub throughput: Throughput,
-    pub run: RunInfo,
-}
-
-impl MetricsFile {
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Output {
-            what: format!("{}: not a vit-batch metrics.json: {e}", path.display()),
-        })
-    }
-}
 
 /// Result of a finished run.
 pub struct ScoreOutcome {
     pub out_dir: PathBuf,
-    pub metrics: MetricsFile,
-}
-
-fn progress_line(enabled: bool, msg: &str) {
-    if enabled {
-        eprintln!("vit-batch: {msg}");
-    }
-}
-
-/// Remove vit-batch's own files from a run folder (`--overwrite`); nothing else.
-pub fn clear_run_files(out: &Path) -> Result<()> {
-    for f in RUN_FILES {
-        let p = out.join(f);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        } else if p.exists() {
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Prepare OUT_DIR: refuse to mix runs unless asked.
-fn prepare_out_dir(opts: &ScoreOptions) -> Result<()> {
-    let out = &opts.out_dir;
-    if out.exists() {
-        let holds_run = out.join("run.json").exists() || out.join("predictions.parquet").exists();
-        let non_empty = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some();
-        if opts.resume {
-            if !out.join("run.json").exists() {
-                return Err(Error::Output {
-                    what: format!(
-                        "--resume: {} holds no run to resume (no run.json)",
-                        out.display()
-                    ),
-                });
-            }
-            return Ok(());
-        }
-        if holds_run || non_empty {
-            if !opts.overwrite {
-                return Err(Error::Output {
-                    what: format!(
-                        "{} already holds {}; pass --overwrite to replace it or --resume to finish it",
-                        out.display(),
-                        if holds_run { "a run" } else { "other files" }
-                    ),
-                });
-            }
-            clear_run_files(out)?;
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Fail now, not after an hour, when the folder is not writable.
-    let probe = out.join(".vit-batch-write-test");
-    std::fs::write(&probe, b"").map_err(|e| Error::Output {
-        what: format!("cannot write to {}: {e}", out.display()),
-    })?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    pub metrics: run::MetricsFile,
 }
 
 /// Everything resolved before the first image is read (fail-fast checks live here).
@@ -261,19 +41,15 @@ pub struct Prepared {
 }
 
 pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
-    if opts.batch_size == 0 || opts.threads == 0 || opts.top_k == 0 {
-        return Err(Error::Config {
-            what: "--batch-size, --threads and --top-k must be at least 1".into(),
-        });
-    }
+    opts.validate()?;
     let bundle = ModelBundle::open(&opts.model)?;
     let runtime = crate::runtime::init(opts.ort_lib.as_deref(), opts.provider == Provider::Cuda)?;
     let engine = Engine::open(
         &bundle.onnx,
         &EngineOptions {
             provider: opts.provider,
-            intra_threads: opts.threads,
-            spinning: opts.ort_spinning,
+            intra_threads: opts.threads(),
+            spinning: opts.ort_spin,
         },
     )?;
     let (pcfg, psource) = match &bundle.preprocess {
@@ -336,7 +112,7 @@ pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         &bundle.label2id,
         label_map.as_ref(),
     )?;
-    let part_rows = opts.part_rows.max(1).div_ceil(opts.batch_size) * opts.batch_size;
+    let part_rows = opts.checkpoint_rows.max(1).div_ceil(opts.batch_size) * opts.batch_size;
     let identity = RunIdentity {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         model_sha256: bundle.sha256.clone(),
@@ -394,40 +170,6 @@ fn attention_layout(
             pre.height, pre.width, bundle.patch_size
         ),
     })
-}
-
-/// Compare a stored identity with this run's; the message names what differs.
-pub fn identity_mismatch(old: &RunIdentity, new: &RunIdentity) -> Option<String> {
-    let mut diffs = vec![];
-    if old.model_sha256 != new.model_sha256 {
-        diffs.push(format!(
-            "model (sha256 {} vs {})",
-            &old.model_sha256[..12],
-            &new.model_sha256[..12]
-        ));
-    }
-    if old.preprocess != new.preprocess {
-        diffs.push("preprocessing".to_string());
-    }
-    if old.dataset_fingerprint != new.dataset_fingerprint {
-        diffs.push("dataset (files or sizes changed)".to_string());
-    }
-    if old.shard != new.shard || old.limit != new.limit || old.rows != new.rows {
-        diffs.push("shard / --limit".to_string());
-    }
-    if old.top_k != new.top_k {
-        diffs.push(format!("--top-k ({} vs {})", old.top_k, new.top_k));
-    }
-    if old.part_rows != new.part_rows {
-        diffs.push(format!(
-            "--batch-size (parts of {} vs {} rows)",
-            old.part_rows, new.part_rows
-        ));
-    }
-    if old.model_labels != new.model_labels {
-        diffs.push("model labels".to_string());
-    }
-    (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
 /// A preprocessed batch on its way to the engine.
@@ -563,90 +305,29 @@ fn rows_for_batch(
         .collect()
 }
 
-struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
-    plain: bool,
-    total: usize,
-    done: usize,
-    last: Instant,
-    started: Instant,
-}
-
-impl Reporter {
-    fn new(progress: Progress, total: usize, done: usize) -> Self {
-        let tty = std::io::stderr().is_terminal();
-        let bar = (progress == Progress::Auto && tty).then(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images {per_sec} ETA {eta}",
-                )
-                .expect("valid template"),
-            );
-            b.set_position(done as u64);
-            b
-        });
-        Reporter {
-            bar,
-            plain: progress == Progress::Auto && !tty,
-            total,
-            done,
-            last: Instant::now(),
-            started: Instant::now(),
-        }
-    }
-
-    fn advance(&mut self, n: usize, scored_here: usize) {
-        self.done += n;
-        if let Some(b) = &self.bar {
-            b.set_position(self.done as u64);
-        } else if self.plain
-            && (self.last.elapsed().as_secs_f64() >= 5.0 || self.done == self.total)
-        {
-            self.last = Instant::now();
-            let rate = scored_here as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            let eta = (self.total - self.done) as f64 / rate.max(1e-9);
-            eprintln!(
-                "vit-batch: {}/{} images ({:.1}%), {rate:.1} img/s, ETA {eta:.0}s",
-                self.done,
-                self.total,
-                100.0 * self.done as f64 / self.total.max(1) as f64
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
 /// Run `score` end to end; returns the metrics written to `metrics.json`.
-pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
-    let verbose = opts.progress != Progress::Quiet;
+pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOutcome> {
     let mut p = prepare(opts)?;
-    prepare_out_dir(opts)?;
-    let out = &opts.out_dir;
-    let run_json = out.join("run.json");
+    run::prepare_out_dir(&opts.out, opts.out_policy())?;
+    let out = &opts.out;
     if opts.resume {
-        let text = std::fs::read_to_string(&run_json).map_err(|e| Error::io(&run_json, e))?;
-        let old: RunIdentity = serde_json::from_str(&text).map_err(|e| Error::Output {
-            what: format!("{}: {e}", run_json.display()),
-        })?;
-        if let Some(d) = identity_mismatch(&old, &p.identity) {
-            return Err(Error::Output {
-                what: format!("--resume refused: the run in {} used a different {d}; start a new run (or --overwrite)", out.display()),
+        let old = RunIdentity::read(out)?;
+        let diffs = old.differences(&p.identity, IdentityScope::SameRun);
+        if !diffs.is_empty() {
+            return Err(Error::OutDir {
+                dir: out.clone(),
+                what: format!(
+                    "--resume refused: the run there used a different {}; start a new run (or {})",
+                    diffs.join(", "),
+                    crate::error::option_name("overwrite")
+                ),
             });
         }
     } else {
-        record::atomic_write_bytes(
-            &run_json,
-            serde_json::to_string_pretty(&p.identity)?.as_bytes(),
-        )?;
+        p.identity.write(out)?;
     }
     for w in &p.dataset.warnings {
-        progress_line(verbose, &format!("warning: {w}"));
+        progress.warn(w);
     }
     if !p.mapping.unmapped.is_empty() {
         let n = p
@@ -655,19 +336,15 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
             .iter()
             .filter(|e| !p.mapping.class_to_id.contains_key(&e.class))
             .count();
-        progress_line(
-            verbose,
-            &format!(
-                "warning: {} class folder(s) match no model label ({}); their {n} image(s) are scored but not counted in accuracy",
+        progress.warn(&format!(
+                "{} class folder(s) match no model label ({}); their {n} image(s) are scored but not counted in accuracy",
                 p.mapping.unmapped.len(),
                 p.mapping.unmapped.join(", ")
             ),
         );
     }
     if let Some(s) = &opts.shard {
-        progress_line(
-            verbose,
-            &format!(
+        progress.note(&format!(
                 "shard {}/{} ({}): {} of {} images",
                 s.index,
                 s.count,
@@ -693,9 +370,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
         .collect();
     let already: usize = done.iter().map(|(a, b)| b - a).sum();
     if opts.resume {
-        progress_line(
-            verbose,
-            &format!(
+        progress.note(&format!(
                 "resuming: {already} of {total} rows already committed, {} to score",
                 total - already
             ),
@@ -704,7 +379,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
 
     let started = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
+        .num_threads(opts.threads())
         .thread_name(|i| format!("vit-batch-decode-{i}"))
         .build()
         .map_err(|e| Error::Runtime {
@@ -716,7 +391,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
     // Batch buffers go back to the decoder once ORT is done with them: the same few
     // large buffers serve the whole run instead of one fresh allocation per batch.
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<f32>>(2);
-    let mut reporter = Reporter::new(opts.progress, total, already);
+    progress.start("images", total as u64, already as u64);
     let mut scored = 0usize;
     let (h, w) = (p.pre.height as usize, p.pre.width as usize);
     let bs = opts.batch_size;
@@ -771,39 +446,22 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
             let ps = part_start.expect("set above");
             let pe = (ps + part_rows).min(total);
             if ps + pending.len() == pe {
-                parts.commit(ps, &pending).map_err(|e| {
-                    let cause = match e {
-                        Error::Output { what } => what,
-                        other => other.to_string(),
-                    };
-                    Error::Output {
-                        what: format!(
-                            "{cause}; the parts committed so far are kept in {}: fix the cause (e.g. free disk space) and rerun with --resume",
-                            out.join("parts").display()
-                        ),
-                    }
+                parts.commit(ps, &pending).map_err(|e| Error::PartCommit {
+                    parts: parts.dir.clone(),
+                    cause: Box::new(e),
                 })?;
                 pending.clear();
                 part_start = None;
             }
-            reporter.advance(batch.items.len(), scored);
+            progress.advance(batch.items.len() as u64);
             let _ = recycle_tx.try_send(batch.data);
         }
         Ok(())
     });
-    reporter.finish();
+    progress.finish();
     result?;
     let wall = started.elapsed().as_secs_f64();
-    let throughput = Throughput {
-        scored: scored as u64,
-        wall_s: wall,
-        images_per_s: if wall > 0.0 {
-            scored as f64 / wall
-        } else {
-            0.0
-        },
-        shards: vec![],
-    };
+    let throughput = Throughput::new(scored as u64, wall, vec![]);
     let run = RunInfo {
         tool: "vit-batch".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -816,7 +474,7 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
         model_sha256: p.bundle.sha256.clone(),
         onnxruntime_version: p.runtime.version.clone(),
         provider: p.engine.provider,
-        threads: opts.threads,
+        threads: opts.threads(),
         batch_size: opts.batch_size,
         preprocess: p.identity.preprocess.clone(),
         preprocess_source: p.identity.preprocess_source.clone(),
@@ -826,10 +484,9 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
         warnings: p.dataset.warnings.clone(),
         attention: p.attention.clone(),
     };
-    let metrics = finalize(
+    let metrics = run::finalize(
         out,
         &parts,
-        total,
         &p.identity,
         p.dataset.skipped.len() as u64,
         throughput,
@@ -841,68 +498,3 @@ pub fn score(opts: &ScoreOptions) -> Result<ScoreOutcome> {
     })
 }
 
-/// Merge committed parts into `predictions.parquet` and write `metrics.json`, both
-/// atomically; metrics are computed from the parts in the same pass.
-pub fn finalize(
-    out: &Path,
-    parts: &Parts,
-    total: usize,
-    identity: &RunIdentity,
-    skipped: u64,
-    throughput: Throughput,
-    run: RunInfo,
-) -> Result<MetricsFile> {
-    let files = parts.tiled(total)?;
-    let batches = files.iter().map(|p| record::read_parquet(p));
-    let mf = write_outputs(out, batches, identity, skipped, throughput, run)?;
-    std::fs::remove_dir_all(&parts.dir).map_err(|e| Error::io(&parts.dir, e))?;
-    Ok(mf)
-}
-
-/// The one way a run's outputs are written, shared by `score`, `--resume` and
-/// `merge`: stream row batches (already in final order) into `predictions.parquet`,
-/// computing the metrics in the same pass, then write `metrics.json`.
-pub fn write_outputs(
-    out: &Path,
-    batches: impl Iterator<Item = Result<Vec<Row>>>,
-    identity: &RunIdentity,
-    skipped: u64,
-    throughput: Throughput,
-    run: RunInfo,
-) -> Result<MetricsFile> {
-    let mut acc = metrics::Accumulator::new(identity.top_k, skipped);
-    let mut last: Option<String> = None;
-    let acc_ref = &mut acc;
-    let last_ref = &mut last;
-    record::write_streamed(
-        &out.join("predictions.parquet"),
-        batches.map(|b| {
-            let rows = b?;
-            for r in &rows {
-                if let Some(prev) = last_ref.as_deref() {
-                    if prev.as_bytes() >= r.path.as_bytes() {
-                        return Err(Error::Output {
-                            what: format!(
-                                "rows out of order or duplicated: '{}' after '{prev}'",
-                                r.path
-                            ),
-                        });
-                    }
-                }
-                *last_ref = Some(r.path.clone());
-                acc_ref.add(r);
-            }
-            Ok(rows)
-        }),
-    )?;
-    let mf = MetricsFile {
-        metrics: acc.finish(&identity.model_labels),
-        throughput,
-        run,
-    };
-    record::atomic_write_bytes(
-        &out.join("metrics.json"),
-        serde_json::to_string_pretty(&mf)?.as_bytes(),
-    )?;
-    Ok(mf)
-}

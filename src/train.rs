@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::f64::consts::PI;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,89 +39,12 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::vit::VitConfig;
 use crate::walk;
 
-/// How the validation set is chosen.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ValSplit {
-    /// Hold out this fraction of each class of the training folder (stratified, seeded).
-    /// `0.0` trains on everything and reports no validation accuracy.
-    Fraction(f64),
-    /// A separate ImageFolder with (a subset of) the training classes.
-    Dir(PathBuf),
-}
-
-/// What progress output to write on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrainProgress {
-    /// A progress bar when stderr is a terminal, one line per epoch otherwise.
-    Auto,
-    /// One plain line per epoch.
-    Plain,
-    /// Nothing.
-    Quiet,
-}
-
-/// Everything `train` needs.
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
-    /// ImageFolder dataset: `data_dir/<class>/.../<image>`.
-    pub data_dir: PathBuf,
-    /// Architecture preset (see [`crate::vit::PRESETS`]), e.g. `vit-digits`.
-    pub preset: String,
-    /// Checkpoint folder to write.
-    pub out_dir: PathBuf,
-    pub epochs: usize,
-    pub batch_size: usize,
-    /// Peak learning rate (AdamW).
-    pub lr: f64,
-    /// Decoupled weight decay (AdamW) on matrices; biases, LayerNorms, [CLS] and
-    /// position embeddings get none (as HF's Trainer).
-    pub weight_decay: f64,
-    /// Linear warm-up over this fraction of all steps, then cosine decay to 0.
-    pub warmup_fraction: f64,
-    /// Warm-up length in steps; overrides `warmup_fraction` when set.
-    pub warmup_steps: Option<usize>,
-    pub seed: u64,
-    pub val: ValSplit,
-    /// Use only the first N images of each class (sorted order), e.g. for a CI run.
-    pub limit_per_class: Option<usize>,
-    /// Random shifts of up to this many pixels (of the model's input) during training;
-    /// 0 disables augmentation.
-    pub augment_shift: usize,
-    /// CPU threads for candle (sets `RAYON_NUM_THREADS` for this process when given).
-    pub threads: Option<usize>,
-    pub progress: TrainProgress,
-}
-
-impl TrainOptions {
-    /// Options with the defaults used for the bundled digits model.
-    pub fn new(
-        data_dir: impl Into<PathBuf>,
-        preset: impl Into<String>,
-        out_dir: impl Into<PathBuf>,
-    ) -> Self {
-        TrainOptions {
-            data_dir: data_dir.into(),
-            preset: preset.into(),
-            out_dir: out_dir.into(),
-            epochs: 30,
-            batch_size: 64,
-            lr: 1e-3,
-            weight_decay: 0.05,
-            warmup_fraction: 0.1,
-            warmup_steps: None,
-            seed: 0,
-            val: ValSplit::Fraction(0.1),
-            limit_per_class: None,
-            augment_shift: 0,
-            threads: None,
-            progress: TrainProgress::Auto,
-        }
-    }
-}
+pub use crate::options::TrainOptions;
 
 /// Loss and accuracy of one epoch.
 #[derive(Debug, Clone, Serialize)]
@@ -600,39 +522,6 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, base: f64) -> f64 {
     base * 0.5 * (1.0 + (PI * t).cos())
 }
 
-fn check_options(o: &TrainOptions) -> Result<()> {
-    if o.epochs == 0 {
-        return Err(terr("--epochs must be at least 1"));
-    }
-    if o.batch_size == 0 {
-        return Err(terr("--batch-size must be at least 1"));
-    }
-    if !(o.lr.is_finite() && o.lr > 0.0) {
-        return Err(terr(format!(
-            "--lr must be a positive number, got {}",
-            o.lr
-        )));
-    }
-    if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-        return Err(terr("weight decay must be >= 0"));
-    }
-    if !(0.0..1.0).contains(&o.warmup_fraction) {
-        return Err(terr("warm-up fraction must be in [0, 1)"));
-    }
-    if let ValSplit::Fraction(f) = o.val {
-        if !(0.0..1.0).contains(&f) {
-            return Err(terr(format!("--val-split must be in [0, 1), got {f}")));
-        }
-    }
-    if o.limit_per_class == Some(0) {
-        return Err(terr("--limit-per-class must be at least 1"));
-    }
-    if o.threads == Some(0) {
-        return Err(terr("--threads must be at least 1"));
-    }
-    Ok(())
-}
-
 /// Mean loss and accuracy of `model` on `split`, in batches.
 fn evaluate(model: &VitModel, split: &Split, side: usize, bs: usize) -> Result<(f64, f64)> {
     let per = 3 * side * side;
@@ -705,9 +594,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Train according to `opts` and write the checkpoint folder. Bad input (no images,
 /// one class, an empty class folder, bad numbers) is an [`Error`], never a panic.
-pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train(opts: &TrainOptions, progress: &mut dyn Progress) -> Result<TrainSummary> {
     let t0 = Instant::now();
-    check_options(opts)?;
+    opts.validate()?;
     if let Some(t) = opts.threads {
         // candle's CPU kernels read this for their parallelism (see the module comment).
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -746,11 +635,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let labels: Vec<u32> = items.iter().map(|it| it.1).collect();
     let (train_set, val_set) = match &opts.val {
-        ValSplit::Fraction(f) => {
-            let (tr, va) = stratified(&labels, *f, &mut rng);
+        None => {
+            let (tr, va) = stratified(&labels, opts.val_split, &mut rng);
             (to_split(&items, &tr), to_split(&items, &va))
         }
-        ValSplit::Dir(dir) => {
+        Some(dir) => {
             let (_, vl) = load_folder(dir, Some(&classes), None, &pre, "val")?;
             unreadable.extend(vl.unreadable);
             skipped += vl.skipped;
@@ -808,7 +697,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let total = steps_per_epoch * opts.epochs;
     let warmup = opts
         .warmup_steps
-        .unwrap_or((opts.warmup_fraction * total as f64).round() as usize)
+        .unwrap_or((opts.warmup * total as f64).round() as usize)
         .min(total.saturating_sub(1));
     // Black in the normalized space (what the digits' background and shifts fill with).
     let fill = [
@@ -817,24 +706,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         (0.0 - pp_cfg.image_mean[2]) / pp_cfg.image_std[2],
     ];
 
-    let tty = std::io::stderr().is_terminal();
-    let bar = (opts.progress == TrainProgress::Auto && tty).then(|| {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} train [{elapsed_precise}] {wide_bar} {pos}/{len} steps {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
-    let say = |line: String| match (&bar, opts.progress) {
-        (_, TrainProgress::Quiet) => {}
-        (Some(b), _) => b.println(line),
-        (None, _) => eprintln!("{line}"),
-    };
-    say(format!(
-        "vit-batch train: {} classes, {} train / {} val images, {} unreadable; {} params; \
+    progress.note(&format!(
+        "train: {} classes, {} train / {} val images, {} unreadable; {} params; \
          {} epochs x {} steps, batch {}, lr {}, {} thread(s)",
         classes.len(),
         n,
@@ -848,12 +721,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         threads
     ));
     for u in &unreadable {
-        say(format!(
+        progress.note(&format!(
             "  unreadable ({}): {}: {}",
             u.split, u.rel, u.reason
         ));
     }
 
+    progress.start("steps", total as u64, 0);
     let mut order: Vec<usize> = (0..n).collect();
     let mut batch = Vec::with_capacity(opts.batch_size * per);
     let mut epochs = Vec::new();
@@ -900,10 +774,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let pred = logits.detach().argmax(D::Minus1)?.to_vec1::<u32>()?;
             correct += pred.iter().zip(&ys).filter(|(a, b)| a == b).count();
             step += 1;
-            if let Some(b) = &bar {
-                b.set_position(step as u64);
-                b.set_message(format!("epoch {epoch} loss {l:.4}"));
-            }
+            progress.advance(1);
         }
         let (val_loss, val_accuracy) = if val_set.len() > 0 {
             let (l, a) = evaluate(&model, &val_set, side, 256)?;
@@ -920,7 +791,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             lr,
             seconds: te.elapsed().as_secs_f64(),
         };
-        say(format!(
+        progress.note(&format!(
             "epoch {:>3}/{}: loss {:.4}, train acc {:.2}%{}, lr {:.2e}, {:.1}s",
             epoch,
             opts.epochs,
@@ -935,12 +806,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         ));
         epochs.push(st);
     }
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    progress.finish();
 
-    prepare_out(&opts.out_dir, &opts.data_dir)?;
-    let st_path = opts.out_dir.join("model.safetensors");
+    prepare_out(&opts.out, &opts.data_dir)?;
+    let st_path = opts.out.join("model.safetensors");
     varmap.save(&st_path).map_err(|e| Error::Output {
         what: format!("{}: {e}", st_path.display()),
     })?;
@@ -951,14 +820,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         std::fs::set_permissions(&st_path, std::fs::Permissions::from_mode(0o644))
             .map_err(|e| Error::io(&st_path, e))?;
     }
-    write_file(&opts.out_dir.join("config.json"), cfg.to_json().as_bytes())?;
+    write_file(&opts.out.join("config.json"), cfg.to_json().as_bytes())?;
     let pp_json = serde_json::to_string_pretty(&pp_cfg)?;
     write_file(
-        &opts.out_dir.join("preprocessor_config.json"),
+        &opts.out.join("preprocessor_config.json"),
         pp_json.as_bytes(),
     )?;
     let summary = TrainSummary {
-        out_dir: opts.out_dir.clone(),
+        out_dir: opts.out.clone(),
         preset: opts.preset.clone(),
         classes,
         num_train: n,
@@ -973,7 +842,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         wall_s: t0.elapsed().as_secs_f64(),
     };
     write_file(
-        &opts.out_dir.join("training_log.json"),
+        &opts.out.join("training_log.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     Ok(summary)

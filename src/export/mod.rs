@@ -23,33 +23,22 @@ pub mod vit_graph;
 pub mod weights;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use vit_graph::GraphOptions;
 pub use weights::{Scheme, Tensor, VitWeights};
 
 use crate::error::{Error, Result};
+use crate::fs::{atomic_write, atomic_write_bytes};
 use crate::onnx::ModelProto;
 use crate::vit::VitConfig;
-
-/// Where the weights come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ExportSource {
-    /// A folder with `config.json` + `model.safetensors`.
-    Checkpoint(PathBuf),
-    /// A preset architecture (see [`crate::vit::PRESETS`]) with seeded random weights.
-    Preset {
-        name: String,
-        seed: u64,
-        num_labels: usize,
-    },
-}
+pub use crate::options::{ExportOptions, ExportSource};
 
 /// Which operators the graph uses. The default is the variant measured fastest on
 /// ONNX Runtime with logits within 1e-4 of PyTorch: `Fused` (see BENCHMARKS.md,
 /// ## Export). Choose `Standard` for other ONNX runtimes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GraphVariant {
     /// Default-domain ONNX operators only (runs on any ONNX runtime).
     Standard,
@@ -64,31 +53,6 @@ impl GraphVariant {
         match self {
             GraphVariant::Standard => "standard",
             GraphVariant::Fused => "fused",
-        }
-    }
-}
-
-/// Everything `export` needs.
-#[derive(Debug, Clone)]
-pub struct ExportOptions {
-    pub source: ExportSource,
-    pub out_dir: PathBuf,
-    /// Default-domain opset, 17..=23 (default 18, as optimum).
-    pub opset: i64,
-    /// Also output `attentions.{i}` `[batch, heads, S, S]`.
-    pub with_attentions: bool,
-    pub variant: GraphVariant,
-}
-
-impl ExportOptions {
-    /// Options with the defaults: opset 18, no attention outputs, default variant.
-    pub fn new(source: ExportSource, out_dir: impl Into<PathBuf>) -> Self {
-        ExportOptions {
-            source,
-            out_dir: out_dir.into(),
-            opset: 18,
-            with_attentions: false,
-            variant: GraphVariant::default(),
         }
     }
 }
@@ -137,7 +101,8 @@ pub fn build_model_bytes(
 
 /// Export according to `opts`. Never panics on bad input: every failure is an [`Error`].
 pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
-    match &opts.source {
+    opts.validate()?;
+    match &opts.source()? {
         ExportSource::Checkpoint(dir) => {
             let ck = checkpoint::Checkpoint::open(dir)?;
             let tensors = ck.tensors()?;
@@ -215,9 +180,11 @@ fn write_folder(
     };
     let model = vit_graph::build_vit(cfg, weights, &gopts)?;
     // Only now, with the source read and the graph built, touch the output folder.
-    prepare_out_dir(&opts.out_dir, &opts.source)?;
-    let model_path = opts.out_dir.join("model.onnx");
-    atomic_write(&model_path, |w| model.write_to(w))?;
+    prepare_out_dir(&opts.out, &opts.source()?)?;
+    let model_path = opts.out.join("model.onnx");
+    atomic_write(&model_path, |w| {
+        model.write_to(w).map_err(|e| Error::io(&model_path, e))
+    })?;
     let model_bytes = std::fs::metadata(&model_path)
         .map_err(|e| Error::io(&model_path, e))?
         .len();
@@ -225,12 +192,12 @@ fn write_folder(
     if out_cfg.architectures.is_none() {
         out_cfg.architectures = Some(vec!["ViTForImageClassification".into()]);
     }
-    let cfg_path = opts.out_dir.join("config.json");
-    atomic_write(&cfg_path, |w| w.write_all(out_cfg.to_json().as_bytes()))?;
-    let pp_path = opts.out_dir.join("preprocessor_config.json");
-    atomic_write(&pp_path, |w| w.write_all(preprocessor))?;
+    let cfg_path = opts.out.join("config.json");
+    atomic_write_bytes(&cfg_path, out_cfg.to_json().as_bytes())?;
+    let pp_path = opts.out.join("preprocessor_config.json");
+    atomic_write_bytes(&pp_path, preprocessor)?;
     Ok(ExportSummary {
-        out_dir: opts.out_dir.clone(),
+        out_dir: opts.out.clone(),
         model_path,
         num_params: weights.num_params(),
         source_sha256: sha,
@@ -296,34 +263,5 @@ fn prepare_out_dir(out: &Path, source: &ExportSource) -> Result<()> {
     } else {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
-    Ok(())
-}
-
-/// Write `path` through a temporary file in the same folder, then rename over it.
-fn atomic_write(
-    path: &Path,
-    f: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".vit-batch-export-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        f(&mut w).map_err(|e| Error::io(tmp.path(), e))?;
-        w.flush().map_err(|e| Error::io(tmp.path(), e))?;
-    }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    // tempfile creates 0600 files; an exported model is meant to be shared.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io(tmp.path(), e))?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

@@ -31,8 +31,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::record::{self, Row, Status};
-use crate::score::MetricsFile;
+use crate::record::{Row, Status};
+use crate::run::{MetricsFile, Run};
 
 /// Bootstrap resamples for the confidence intervals.
 pub const BOOTSTRAP_RESAMPLES: usize = 1000;
@@ -49,11 +49,21 @@ pub const THUMB_PX: u32 = 96;
 /// Bins of the right-vs-wrong confidence histogram.
 pub const HIST_BINS: usize = 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One kind of report output.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// `report.html`, self-contained.
     Html,
+    /// `charts/*.png`.
     Png,
+    /// `report.md`.
+    #[value(name = "md", alias = "markdown")]
+    #[serde(rename = "md", alias = "markdown")]
     Markdown,
+    /// `report.json`.
     Json,
 }
 
@@ -70,40 +80,7 @@ impl Format {
     }
 }
 
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "html" => Ok(Format::Html),
-            "png" => Ok(Format::Png),
-            "md" | "markdown" => Ok(Format::Markdown),
-            "json" => Ok(Format::Json),
-            other => Err(format!(
-                "unknown report format '{other}' (expected html, png, md or json)"
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ReportOptions {
-    /// Run folder holding `predictions.parquet` and `metrics.json`.
-    pub run_dir: PathBuf,
-    /// Where to write the report (default: the run folder).
-    pub out_dir: Option<PathBuf>,
-    /// Outputs to write; empty means all.
-    pub formats: Vec<Format>,
-}
-
-impl ReportOptions {
-    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
-        ReportOptions {
-            run_dir: run_dir.into(),
-            out_dir: None,
-            formats: Format::ALL.to_vec(),
-        }
-    }
-}
+pub use crate::options::ReportOptions;
 
 #[derive(Debug, Clone)]
 pub struct ReportSummary {
@@ -510,26 +487,14 @@ pub fn rollout_image(
 
 /// Read a run folder into report data.
 pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
-    let mpath = run_dir.join("metrics.json");
-    let ppath = run_dir.join("predictions.parquet");
-    for p in [&mpath, &ppath] {
-        if !p.is_file() {
-            return Err(Error::Output {
-                what: format!(
-                    "{} is not a finished vit-batch run: {} is missing (run `vit-batch score` first)",
-                    run_dir.display(),
-                    p.file_name().unwrap_or_default().to_string_lossy()
-                ),
-            });
-        }
-    }
-    let file = MetricsFile::read(&mpath)?;
-    let rows = record::read_parquet(&ppath)?;
+    let run = Run::open(run_dir)?;
+    let rows = run.rows()?;
+    let file = run.metrics;
     if rows.len() as u64 != file.metrics.counts.images {
-        return Err(Error::Output {
+        return Err(Error::Corrupt {
+            path: run_dir.join(crate::run::PREDICTIONS),
             what: format!(
-                "{} holds {} rows but metrics.json counts {} images: the run folder is inconsistent",
-                ppath.display(),
+                "holds {} rows but metrics.json counts {} images: the run folder is inconsistent",
                 rows.len(),
                 file.metrics.counts.images
             ),
@@ -543,11 +508,11 @@ pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
 /// Render the report of a run folder from `predictions.parquet` + `metrics.json`.
 pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     let (rows, data) = load(&opts.run_dir)?;
-    let out_dir = opts.out_dir.clone().unwrap_or_else(|| opts.run_dir.clone());
-    let mut formats = if opts.formats.is_empty() {
+    let out_dir = opts.out.clone().unwrap_or_else(|| opts.run_dir.clone());
+    let mut formats = if opts.format.is_empty() {
         Format::ALL.to_vec()
     } else {
-        opts.formats.clone()
+        opts.format.clone()
     };
     formats.sort();
     formats.dedup();
@@ -572,15 +537,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        record::atomic_write_bytes(&dest, &o.bytes)?;
-        // The temporary file was private (0600); a report is meant to be read and
-        // served, so give it the usual 0644.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| Error::io(&dest, e))?;
-        }
+        crate::fs::atomic_write_bytes(&dest, &o.bytes)?;
         files.push(o.rel);
     }
     Ok(ReportSummary {
@@ -639,8 +596,13 @@ mod tests {
 
     #[test]
     fn formats_parse() {
-        assert_eq!("MD".parse::<Format>().unwrap(), Format::Markdown);
-        assert_eq!("png".parse::<Format>().unwrap(), Format::Png);
-        assert!("pdf".parse::<Format>().unwrap_err().contains("pdf"));
+        use clap::ValueEnum;
+        assert_eq!(Format::from_str("MD", true).unwrap(), Format::Markdown);
+        assert_eq!(Format::from_str("markdown", false).unwrap(), Format::Markdown);
+        assert_eq!(Format::from_str("png", false).unwrap(), Format::Png);
+        assert!(Format::from_str("pdf", false).unwrap_err().contains("pdf"));
+        let t: std::collections::BTreeMap<String, Vec<Format>> =
+            toml::from_str("f = [\"md\", \"html\"]").unwrap();
+        assert_eq!(t["f"], vec![Format::Markdown, Format::Html]);
     }
 }

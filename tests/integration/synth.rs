@@ -13,7 +13,7 @@ use vit_batch::metrics;
 use vit_batch::model::LabelMapping;
 use vit_batch::preprocess::PreprocessConfig;
 use vit_batch::record::{self, Row, Status};
-use vit_batch::score::{MetricsFile, RunInfo, Throughput};
+use vit_batch::run::{MetricsFile, RunInfo, Throughput};
 
 pub struct Spec {
     pub rows: usize,
@@ -223,7 +223,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             attention: None,
         },
     };
-    record::atomic_write_bytes(
+    vit_batch::fs::atomic_write_bytes(
         &dir.join("metrics.json"),
         serde_json::to_string_pretty(&file).unwrap().as_bytes(),
     )

@@ -14,8 +14,14 @@ use ort::value::TensorRef;
 
 use vit_batch::export::{export, ExportOptions, ExportSource};
 use vit_batch::preprocess::{PreprocessConfig, Preprocessor};
-use vit_batch::score::{Progress, ScoreOptions};
-use vit_batch::train::{train, TrainOptions, TrainProgress, TrainSummary, ValSplit};
+use vit_batch::score::ScoreOptions;
+use vit_batch::progress::Silent;
+use vit_batch::train::{TrainOptions, TrainSummary};
+
+/// `train` with no progress output.
+fn train(o: &TrainOptions) -> vit_batch::Result<TrainSummary> {
+    vit_batch::train::train(o, &mut Silent)
+}
 
 use crate::util;
 
@@ -42,8 +48,7 @@ fn short_options(out: &Path) -> TrainOptions {
     o.seed = 1;
     o.threads = Some(1);
     o.limit_per_class = Some(50);
-    o.val = ValSplit::Fraction(0.2);
-    o.progress = TrainProgress::Quiet;
+    o.val_split = 0.2;
     o
 }
 
@@ -142,10 +147,9 @@ fn train_short_run_learns_and_exported_model_beats_chance() {
         t.model.clone(),
         out.path().join("run"),
     );
-    o.progress = Progress::Quiet;
     o.ort_lib = Some(util::ort_lib());
-    o.threads = 2;
-    let r = vit_batch::score::score(&o).expect("score the exported model");
+    o.threads = Some(2);
+    let r = vit_batch::score::score(&o, &mut Silent).expect("score the exported model");
     let m = &r.metrics.metrics;
     assert_eq!(m.counts.images, 360);
     assert!(
@@ -251,8 +255,7 @@ fn quick(data: &Path, out: &Path) -> TrainOptions {
     let mut o = TrainOptions::new(data, "vit-digits", out);
     o.epochs = 1;
     o.batch_size = 4;
-    o.val = ValSplit::Fraction(0.0);
-    o.progress = TrainProgress::Quiet;
+    o.val_split = 0.0;
     o
 }
 
@@ -296,8 +299,17 @@ fn train_refuses_bad_datasets_with_clear_errors() {
         .to_string()
         .contains("unknown preset"));
     let mut o = quick(&one, &out);
-    o.val = ValSplit::Fraction(1.5);
-    assert!(train(&o).unwrap_err().to_string().contains("val-split"));
+    o.val_split = 1.5;
+    assert!(
+        matches!(
+            train(&o).unwrap_err(),
+            vit_batch::Error::InvalidOption {
+                option: "val_split",
+                ..
+            }
+        ),
+        "bad val_split is named"
+    );
 
     // Nothing was written for any of these.
     assert!(!out.exists());
