@@ -14,7 +14,8 @@ BENCH_SEED="${BENCH_SEED:-0}"
 # Exporter graph variant: standard | fused (empty = the exporter's default, fused; the
 # model cache is named after the variant actually exported).
 BENCH_VARIANT="${BENCH_VARIANT:-}"
-export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-/work/main/.ort/1.31.1/libonnxruntime.so.1.31.1}"
+ORT_VERSION="$(cat "$REPO/scripts/ort-version")"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$REPO/.ort/$ORT_VERSION/libonnxruntime.so.$ORT_VERSION}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }

@@ -27,7 +27,7 @@
 #   BENCH_VARIANT= (standard|fused; empty = exporter default)
 #   BENCH_WORK=/tmp/vit-bench (models, data, runs, logs; models and data are cached)
 #   BENCH_PY=/work/.venvs/bench/bin/python  VIT_BATCH=(target dir)/release/vit-batch
-#   ORT_DYLIB_PATH=/work/main/.ort/1.31.1/libonnxruntime.so.1.31.1
+#   ORT_DYLIB_PATH=.ort/<version>/libonnxruntime.so.<version> (version: scripts/ort-version)
 #   BENCH_STRICT=0 (1: exit 1 when a target is missed)
 #
 #   benches/score_bench.sh                                      # full run

@@ -101,9 +101,6 @@ fn score(a: ScoreCmd) -> Result<i32> {
     let mut o = a.opts;
     o.shard_from_scheduler(|n| std::env::var(n).ok())?;
     let mut progress = Terminal::new(a.quiet, "vit-batch");
-    if let (Some(s), Some(from)) = (&o.shard, &o.shard_source) {
-        progress.note(&format!("shard {}/{} from {from}", s.index, s.count));
-    }
     let outcome = vit_batch::score::score(&o, &mut progress).context("score failed")?;
     let m = &outcome.metrics.metrics;
     progress.note(&format!(

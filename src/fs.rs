@@ -104,6 +104,47 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
 }
 
+/// Prepare `out` for a command that writes a folder of its own (`export`'s model
+/// folder, `train`'s checkpoint): created when missing; an existing folder must be
+/// empty or hold `marker` from an earlier run of that command, whose files are then
+/// replaced one by one. `out` may be none of `inputs`, nor inside one of them.
+pub fn prepare_owned_dir(out: &Path, marker: &str, inputs: &[&Path]) -> Result<()> {
+    if let Ok(o) = out.canonicalize() {
+        for i in inputs {
+            if let Ok(i) = i.canonicalize() {
+                if o == i || o.starts_with(&i) {
+                    return Err(Error::OutDir {
+                        dir: out.to_path_buf(),
+                        what: format!("is inside the input {}; choose another folder", i.display()),
+                    });
+                }
+            }
+        }
+    }
+    if !out.exists() {
+        return std::fs::create_dir_all(out).map_err(|e| Error::io(out, e));
+    }
+    if !out.is_dir() {
+        return Err(Error::OutDir {
+            dir: out.to_path_buf(),
+            what: "exists and is not a folder".into(),
+        });
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .next()
+        .is_none();
+    if !empty && !out.join(marker).exists() {
+        return Err(Error::OutDir {
+            dir: out.to_path_buf(),
+            what: format!(
+                "is not empty and holds no {marker} from a previous run; choose an empty or new folder"
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

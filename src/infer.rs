@@ -102,7 +102,10 @@ impl Engine {
             let available = ort::ep::CUDA::is_available().unwrap_or(false);
             if !available {
                 return Err(Error::Runtime {
-                    what: "--provider cuda: this ONNX Runtime library has no CUDA execution provider (it is the CPU build). Install the GPU build with `scripts/setup --gpu` and pass --ort-lib .ort/1.31.1-gpu/libonnxruntime.so.1.31.1".into(),
+                    what: format!(
+                        "--provider cuda: this ONNX Runtime library has no CUDA execution provider (it is the CPU build). Install the GPU build with `scripts/setup --gpu` and pass --ort-lib .ort/{v}-gpu/libonnxruntime.so.{v}",
+                        v = crate::runtime::PINNED_ORT_VERSION
+                    ),
                 });
             }
             builder = builder

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::record::{self, Row};
-use crate::run::{self, IdentityScope, MetricsFile, OutPolicy, Run, RunIdentity, ShardThroughput, Throughput};
+use crate::run::{
+    self, IdentityScope, MetricsFile, OutPolicy, Run, RunIdentity, ShardThroughput, Throughput,
+};
 
 pub use crate::options::MergeOptions;
 

@@ -245,7 +245,11 @@ pub struct ScoreOptions {
 
 impl ScoreOptions {
     /// The defaults, for `data_dir` scored with `model` into `out`.
-    pub fn new(data_dir: impl Into<PathBuf>, model: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        model: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
         ScoreOptions {
             data_dir: data_dir.into(),
             model: model.into(),
@@ -319,7 +323,8 @@ impl ScoreOptions {
                 what: format!("{from}: {e}"),
             })
         };
-        if let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
+        if let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
+        {
             self.shard = Some(parse(
                 format!("{id}/{count}"),
                 "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
@@ -366,7 +371,7 @@ pub struct ExportOptions {
     /// Output model folder (model.onnx, config.json, preprocessor_config.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// Default-domain ONNX opset, 17..=23.
+    /// Default-domain ONNX opset (17 to 23).
     #[arg(long, default_value_t = DEFAULT_OPSET)]
     #[serde(default = "defaults::opset")]
     pub opset: i64,
@@ -443,8 +448,12 @@ impl ExportOptions {
     pub fn validate(&self) -> Result<()> {
         self.source()?;
         at_least_one("num_labels", self.num_labels)?;
-        if !(17..=23).contains(&self.opset) {
-            return Err(invalid("opset", format!("must be 17..=23, got {}", self.opset)));
+        let opsets = crate::export::vit_graph::OPSETS;
+        if !opsets.contains(&self.opset) {
+            return Err(invalid(
+                "opset",
+                format!("opset {} is not supported ({opsets:?})", self.opset),
+            ));
         }
         Ok(())
     }
@@ -464,7 +473,10 @@ pub struct CompareOptions {
     pub max_accuracy_drop_pp: f64,
     /// Largest allowed per-class recall drop, in percentage points.
     #[arg(long = "max-class-recall-drop", alias = "max-class-recall-drop-pp", value_name = "PP", default_value_t = DEFAULT_MAX_CLASS_RECALL_DROP_PP)]
-    #[serde(default = "defaults::max_class_recall_drop", alias = "max_class_recall_drop")]
+    #[serde(
+        default = "defaults::max_class_recall_drop",
+        alias = "max_class_recall_drop"
+    )]
     pub max_class_recall_drop_pp: f64,
     /// Classes with fewer compared images are not gated on recall.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_CLASS_SUPPORT)]
@@ -475,7 +487,11 @@ pub struct CompareOptions {
     #[serde(default = "defaults::alpha")]
     pub alpha: f64,
     /// Enable the throughput gate: largest allowed images/s drop, in percent.
-    #[arg(long = "max-throughput-drop", alias = "max-throughput-drop-pct", value_name = "PCT")]
+    #[arg(
+        long = "max-throughput-drop",
+        alias = "max-throughput-drop-pct",
+        value_name = "PCT"
+    )]
     #[serde(default, alias = "max_throughput_drop")]
     pub max_throughput_drop_pct: Option<f64>,
     /// Compare only the images common to both runs (else differing image sets are an error).
@@ -527,7 +543,10 @@ impl CompareOptions {
             "percentage points",
         )?;
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return Err(invalid("alpha", format!("must be in (0, 1), got {}", self.alpha)));
+            return Err(invalid(
+                "alpha",
+                format!("must be in (0, 1), got {}", self.alpha),
+            ));
         }
         if let Some(t) = self.max_throughput_drop_pct {
             finite_nonneg("max_throughput_drop_pct", t, "percent")?;
@@ -646,7 +665,11 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// The defaults (those of the bundled digits model), training `preset` on
     /// `data_dir` into `out`.
-    pub fn new(data_dir: impl Into<PathBuf>, preset: impl Into<String>, out: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        preset: impl Into<String>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
         TrainOptions {
             data_dir: data_dir.into(),
             preset: preset.into(),
@@ -671,11 +694,17 @@ impl TrainOptions {
         at_least_one("epochs", self.epochs)?;
         at_least_one("batch_size", self.batch_size)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid("lr", format!("must be a positive number, got {}", self.lr)));
+            return Err(invalid(
+                "lr",
+                format!("must be a positive number, got {}", self.lr),
+            ));
         }
         finite_nonneg("weight_decay", self.weight_decay, "a factor")?;
         if !(0.0..1.0).contains(&self.warmup) {
-            return Err(invalid("warmup", format!("must be in [0, 1), got {}", self.warmup)));
+            return Err(invalid(
+                "warmup",
+                format!("must be in [0, 1), got {}", self.warmup),
+            ));
         }
         if self.val.is_none() && !(0.0..1.0).contains(&self.val_split) {
             return Err(invalid(

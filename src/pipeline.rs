@@ -203,7 +203,9 @@ impl<'a> Planner<'a> {
             .try_into()
             .map_err(|e| self.err(format!("[{table}]: {}", toml_words(e))))?;
         validate(&o).map_err(|e| match e {
-            Error::InvalidOption { option, what } => self.err(format!("[{table}] {option}: {what}")),
+            Error::InvalidOption { option, what } => {
+                self.err(format!("[{table}] {option}: {what}"))
+            }
             other => self.err(format!("[{table}]: {other}")),
         })?;
         Ok(o)
@@ -253,7 +255,13 @@ impl<'a> Planner<'a> {
 
     /// Fill `key` of a stage's table with an artifact of an earlier stage. When the
     /// table names another path there, keep the artifact and say so.
-    fn flow(&mut self, t: &mut toml::Table, keys: &[&str], artifact: &Path, note: impl Fn(&str) -> String) {
+    fn flow(
+        &mut self,
+        t: &mut toml::Table,
+        keys: &[&str],
+        artifact: &Path,
+        note: impl Fn(&str) -> String,
+    ) {
         let given = keys.iter().find_map(|k| t.remove(*k));
         if let Some(toml::Value::String(g)) = &given {
             if !same_path(Path::new(g), artifact) {
@@ -273,7 +281,9 @@ impl<'a> Planner<'a> {
         self.report(pf.report, score.as_ref())?;
         self.gate(pf.gate, score.as_ref())?;
         if self.stages.is_empty() {
-            return Err(self.err("no stage to run (add [score], [gate], ... or set enabled = true)"));
+            return Err(
+                self.err("no stage to run (add [score], [gate], ... or set enabled = true)")
+            );
         }
         let name = pf.name.clone().unwrap_or_else(|| {
             self.file
@@ -302,7 +312,11 @@ impl<'a> Planner<'a> {
         Ok(Some(o))
     }
 
-    fn export(&mut self, t: Option<toml::Table>, train: Option<&TrainOptions>) -> Result<Option<ExportOptions>> {
+    fn export(
+        &mut self,
+        t: Option<toml::Table>,
+        train: Option<&TrainOptions>,
+    ) -> Result<Option<ExportOptions>> {
         let Some(mut t) = self.enabled("export", t)? else {
             return Ok(None);
         };
@@ -329,7 +343,11 @@ impl<'a> Planner<'a> {
         Ok(Some(o))
     }
 
-    fn score(&mut self, t: Option<toml::Table>, export: Option<&ExportOptions>) -> Result<Option<ScoreOptions>> {
+    fn score(
+        &mut self,
+        t: Option<toml::Table>,
+        export: Option<&ExportOptions>,
+    ) -> Result<Option<ScoreOptions>> {
         let Some(mut t) = self.enabled("score", t)? else {
             return Ok(None);
         };
@@ -364,7 +382,13 @@ impl<'a> Planner<'a> {
 
     /// The run a `[report]` or `[gate]` reads: the score stage's output unless the
     /// table names another finished run.
-    fn consumed_run(&mut self, table: &'static str, t: &mut toml::Table, keys: &[&str], score: Option<&ScoreOptions>) -> Result<()> {
+    fn consumed_run(
+        &mut self,
+        table: &'static str,
+        t: &mut toml::Table,
+        keys: &[&str],
+        score: Option<&ScoreOptions>,
+    ) -> Result<()> {
         let given = keys.iter().find_map(|k| t.get(*k)).cloned();
         match (given, score) {
             (Some(toml::Value::String(p)), Some(s)) if !same_path(Path::new(&p), &s.out) => {
@@ -451,7 +475,12 @@ pub fn run(plan: &Plan, progress: &mut dyn Progress) -> Result<PipelineOutcome> 
     Ok(out)
 }
 
-fn run_stage(st: &Stage, head: &str, progress: &mut dyn Progress, out: &mut PipelineOutcome) -> Result<()> {
+fn run_stage(
+    st: &Stage,
+    head: &str,
+    progress: &mut dyn Progress,
+    out: &mut PipelineOutcome,
+) -> Result<()> {
     match st {
         Stage::Train(o) => {
             progress.note(&format!(

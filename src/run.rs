@@ -290,7 +290,7 @@ impl Run {
         if !dir.is_dir() {
             return Err(Error::NotARun {
                 dir: dir.to_path_buf(),
-                missing: "the folder itself",
+                missing: "the folder",
             });
         }
         for f in [METRICS_JSON, PREDICTIONS] {

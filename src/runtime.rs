@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// The version `scripts/setup` installs and the tests run against.
-pub const PINNED_ORT_VERSION: &str = "1.31.1";
+/// Written once, in `scripts/ort-version`, which `scripts/setup` reads too.
+pub const PINNED_ORT_VERSION: &str = include_str!("../scripts/ort-version").trim_ascii();
 /// The oldest ONNX Runtime the `ort` API level we build with accepts (`api-22`).
 pub const MIN_ORT_MINOR: u32 = 22;
 

@@ -12,12 +12,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-pub use crate::options::ScoreOptions;
-use crate::progress::Progress;
 use crate::infer::{Engine, EngineOptions, Provider};
 use crate::metrics;
 use crate::model::{self, LabelMapping, ModelBundle};
+pub use crate::options::ScoreOptions;
 use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::progress::Progress;
 use crate::record::{Parts, Row, Status};
 use crate::run::{self, IdentityScope, RunIdentity, RunInfo, Throughput};
 use crate::walk::{self, Dataset, Entry};
@@ -308,27 +308,64 @@ fn rows_for_batch(
 /// Run `score` end to end; returns the metrics written to `metrics.json`.
 pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOutcome> {
     let mut p = prepare(opts)?;
-    run::prepare_out_dir(&opts.out, opts.out_policy())?;
-    let out = &opts.out;
+    open_run(opts, &p.identity)?;
+    let warnings = announce(opts, &p, progress);
+    let parts = Parts::new(&opts.out)?;
+    let total = p.dataset.entries.len();
+    let (todo, already) = parts_to_score(&parts, total, p.identity.part_rows)?;
     if opts.resume {
-        let old = RunIdentity::read(out)?;
-        let diffs = old.differences(&p.identity, IdentityScope::SameRun);
-        if !diffs.is_empty() {
-            return Err(Error::OutDir {
-                dir: out.clone(),
-                what: format!(
-                    "--resume refused: the run there used a different {}; start a new run (or {})",
-                    diffs.join(", "),
-                    crate::error::option_name("overwrite")
-                ),
-            });
-        }
-    } else {
-        p.identity.write(out)?;
+        progress.note(&format!(
+            "resuming: {already} of {total} rows already committed, {} to score",
+            total - already
+        ));
     }
-    for w in &p.dataset.warnings {
-        progress.warn(w);
+    let started = Instant::now();
+    progress.start("images", total as u64, already as u64);
+    let scored = score_parts(opts, &mut p, &parts, &todo, progress);
+    progress.finish();
+    let throughput = Throughput::new(scored? as u64, started.elapsed().as_secs_f64(), vec![]);
+    let run = run_info(opts, &p, warnings);
+    let metrics = run::finalize(
+        &opts.out,
+        &parts,
+        &p.identity,
+        p.dataset.skipped.len() as u64,
+        throughput,
+        run,
+    )?;
+    Ok(ScoreOutcome {
+        out_dir: opts.out.clone(),
+        metrics,
+    })
+}
+
+/// Prepare the output folder; a new run records its identity first, a resumed one
+/// must match the identity already there.
+fn open_run(opts: &ScoreOptions, identity: &RunIdentity) -> Result<()> {
+    let out = &opts.out;
+    run::prepare_out_dir(out, opts.out_policy())?;
+    if !opts.resume {
+        return identity.write(out);
     }
+    let old = RunIdentity::read(out)?;
+    let diffs = old.differences(identity, IdentityScope::SameRun);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::OutDir {
+        dir: out.clone(),
+        what: format!(
+            "--resume refused: the run there used a different {}; start a new run (or {})",
+            diffs.join(", "),
+            crate::error::option_name("overwrite")
+        ),
+    })
+}
+
+/// Tell the user what the run will do and what looks wrong; returns the warnings,
+/// which `metrics.json` records too.
+fn announce(opts: &ScoreOptions, p: &Prepared, progress: &mut dyn Progress) -> Vec<String> {
+    let mut warnings = p.dataset.warnings.clone();
     if !p.mapping.unmapped.is_empty() {
         let n = p
             .dataset
@@ -336,48 +373,57 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
             .iter()
             .filter(|e| !p.mapping.class_to_id.contains_key(&e.class))
             .count();
-        progress.warn(&format!(
-                "{} class folder(s) match no model label ({}); their {n} image(s) are scored but not counted in accuracy",
-                p.mapping.unmapped.len(),
-                p.mapping.unmapped.join(", ")
-            ),
-        );
+        warnings.push(format!(
+            "{} class folder(s) match no model label ({}); their {n} image(s) are scored but not counted in accuracy",
+            p.mapping.unmapped.len(),
+            p.mapping.unmapped.join(", ")
+        ));
+    }
+    for w in &warnings {
+        progress.warn(w);
     }
     if let Some(s) = &opts.shard {
         progress.note(&format!(
-                "shard {}/{} ({}): {} of {} images",
-                s.index,
-                s.count,
-                opts.shard_source.as_deref().unwrap_or("--shard"),
-                p.dataset.entries.len(),
-                p.identity.dataset_images
-            ),
-        );
+            "shard {}/{} ({}): {} of {} images",
+            s.index,
+            s.count,
+            opts.shard_source.as_deref().unwrap_or("--shard"),
+            p.dataset.entries.len(),
+            p.identity.dataset_images
+        ));
     }
+    warnings
+}
 
-    let parts = Parts::new(out)?;
+/// The part ranges still to score, and how many rows earlier runs committed.
+fn parts_to_score(
+    parts: &Parts,
+    total: usize,
+    part_rows: usize,
+) -> Result<(Vec<(usize, usize)>, usize)> {
     let done: Vec<(usize, usize)> = parts
         .ranges()?
         .into_iter()
         .map(|(a, b, _)| (a, b))
         .collect();
-    let total = p.dataset.entries.len();
-    let part_rows = p.identity.part_rows;
-    let todo: Vec<(usize, usize)> = (0..total)
+    let todo = (0..total)
         .step_by(part_rows)
         .map(|a| (a, (a + part_rows).min(total)))
         .filter(|r| !done.contains(r))
         .collect();
-    let already: usize = done.iter().map(|(a, b)| b - a).sum();
-    if opts.resume {
-        progress.note(&format!(
-                "resuming: {already} of {total} rows already committed, {} to score",
-                total - already
-            ),
-        );
-    }
+    let already = done.iter().map(|(a, b)| b - a).sum();
+    Ok((todo, already))
+}
 
-    let started = Instant::now();
+/// Decode `todo` on a rayon pool while this thread runs ONNX Runtime on the batch
+/// before, and commit each finished part; returns the rows scored.
+fn score_parts(
+    opts: &ScoreOptions,
+    p: &mut Prepared,
+    parts: &Parts,
+    todo: &[(usize, usize)],
+    progress: &mut dyn Progress,
+) -> Result<usize> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads())
         .thread_name(|i| format!("vit-batch-decode-{i}"))
@@ -391,15 +437,22 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
     // Batch buffers go back to the decoder once ORT is done with them: the same few
     // large buffers serve the whole run instead of one fresh allocation per batch.
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<f32>>(2);
-    progress.start("images", total as u64, already as u64);
-    let mut scored = 0usize;
-    let (h, w) = (p.pre.height as usize, p.pre.width as usize);
     let bs = opts.batch_size;
     let k = opts.top_k.min(p.mapping.model_labels.len());
-    let result: Result<()> = std::thread::scope(|scope| {
-        let entries = &p.dataset.entries;
-        let pre = &p.pre;
-        let todo = &todo;
+    let total = p.dataset.entries.len();
+    let part_rows = p.identity.part_rows;
+    let Prepared {
+        dataset,
+        engine,
+        pre,
+        mapping,
+        attention,
+        ..
+    } = p;
+    let (h, w) = (pre.height as usize, pre.width as usize);
+    std::thread::scope(|scope| {
+        let entries = &dataset.entries;
+        let pre = &*pre;
         let pool = &pool;
         scope.spawn(move || {
             for &(a, b) in todo {
@@ -416,36 +469,17 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
         // Owned here, so an early error return drops the receiver and the decoding
         // thread's next send fails instead of blocking forever.
         let rx = rx;
+        let mut scored = 0;
         let mut pending: Vec<Row> = Vec::with_capacity(part_rows);
         let mut part_start = None;
         for batch in rx.iter() {
-            let n_ok = batch.items.iter().filter(|i| i.is_ok()).count();
-            let output = if n_ok > 0 {
-                p.engine.run(&batch.data, n_ok, h, w)?
-            } else {
-                crate::infer::BatchOutput {
-                    logits: vec![],
-                    classes: p.mapping.model_labels.len(),
-                    rollout: None,
-                }
-            };
-            if n_ok > 0 && output.classes != p.mapping.model_labels.len() {
-                return Err(Error::Model {
-                    what: format!(
-                        "model returned {} classes, its labels name {}",
-                        output.classes,
-                        p.mapping.model_labels.len()
-                    ),
-                });
-            }
+            let output = infer_batch(engine, &batch, mapping.model_labels.len(), h, w)?;
             let ents = &entries[batch.start..batch.start + batch.items.len()];
-            let rows = rows_for_batch(&batch, ents, &output, p.attention.as_ref(), &p.mapping, k);
-            part_start.get_or_insert(batch.start);
+            let rows = rows_for_batch(&batch, ents, &output, attention.as_ref(), mapping, k);
+            let ps = *part_start.get_or_insert(batch.start);
             pending.extend(rows);
             scored += batch.items.len();
-            let ps = part_start.expect("set above");
-            let pe = (ps + part_rows).min(total);
-            if ps + pending.len() == pe {
+            if ps + pending.len() == (ps + part_rows).min(total) {
                 parts.commit(ps, &pending).map_err(|e| Error::PartCommit {
                     parts: parts.dir.clone(),
                     cause: Box::new(e),
@@ -456,13 +490,41 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
             progress.advance(batch.items.len() as u64);
             let _ = recycle_tx.try_send(batch.data);
         }
-        Ok(())
-    });
-    progress.finish();
-    result?;
-    let wall = started.elapsed().as_secs_f64();
-    let throughput = Throughput::new(scored as u64, wall, vec![]);
-    let run = RunInfo {
+        Ok(scored)
+    })
+}
+
+/// ONNX Runtime on the images of `batch` that preprocessed fine.
+fn infer_batch(
+    engine: &mut Engine,
+    batch: &Batch,
+    classes: usize,
+    h: usize,
+    w: usize,
+) -> Result<crate::infer::BatchOutput> {
+    let n_ok = batch.items.iter().filter(|i| i.is_ok()).count();
+    if n_ok == 0 {
+        return Ok(crate::infer::BatchOutput {
+            logits: vec![],
+            classes,
+            rollout: None,
+        });
+    }
+    let output = engine.run(&batch.data, n_ok, h, w)?;
+    if output.classes != classes {
+        return Err(Error::Model {
+            what: format!(
+                "model returned {} classes, its labels name {classes}",
+                output.classes
+            ),
+        });
+    }
+    Ok(output)
+}
+
+/// Provenance of the run, for `metrics.json`.
+fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo {
+    RunInfo {
         tool: "vit-batch".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         // Absolute, so the report finds thumbnails from any working directory.
@@ -481,20 +543,7 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
         dataset_fingerprint: p.identity.dataset_fingerprint.clone(),
         shard: opts.shard,
         label_mapping: p.mapping.clone(),
-        warnings: p.dataset.warnings.clone(),
+        warnings,
         attention: p.attention.clone(),
-    };
-    let metrics = run::finalize(
-        out,
-        &parts,
-        &p.identity,
-        p.dataset.skipped.len() as u64,
-        throughput,
-        run,
-    )?;
-    Ok(ScoreOutcome {
-        out_dir: out.clone(),
-        metrics,
-    })
+    }
 }
-

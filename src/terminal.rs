@@ -89,7 +89,11 @@ impl Progress for Terminal {
             self.last = Instant::now();
             let rate = self.advanced as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             let eta = self.total.saturating_sub(self.done) as f64 / rate.max(1e-9);
-            let per = if self.unit == "images" { "img" } else { &self.unit };
+            let per = if self.unit == "images" {
+                "img"
+            } else {
+                &self.unit
+            };
             self.line(&format!(
                 "{}/{} {} ({:.1}%), {rate:.1} {per}/s, ETA {eta:.0}s",
                 self.done,

@@ -39,8 +39,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::progress::Progress;
 use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::progress::Progress;
 use crate::vit::VitConfig;
 use crate::walk;
 

@@ -23,7 +23,7 @@ pub mod vit_graph;
 pub mod weights;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use vit_graph::GraphOptions;
 pub use weights::{Scheme, Tensor, VitWeights};
@@ -31,8 +31,9 @@ pub use weights::{Scheme, Tensor, VitWeights};
 use crate::error::{Error, Result};
 use crate::fs::{atomic_write, atomic_write_bytes};
 use crate::onnx::ModelProto;
-use crate::vit::VitConfig;
 pub use crate::options::{ExportOptions, ExportSource};
+use crate::preprocess::PreprocessConfig;
+use crate::vit::VitConfig;
 
 /// Which operators the graph uses. The default is the variant measured fastest on
 /// ONNX Runtime with logits within 1e-4 of PyTorch: `Fused` (see BENCHMARKS.md,
@@ -115,7 +116,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
                 .collect();
             let preprocessor = match &ck.preprocessor {
                 Some(bytes) => bytes.clone(),
-                None => default_preprocessor(&ck.config, ck.norm_stats.as_ref()),
+                None => default_preprocessor(&ck.config, ck.norm_stats.as_ref())?,
             };
             let source = format!("checkpoint:{}", dir.display());
             let meta = vec![
@@ -153,7 +154,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
                 ("preset".to_string(), name.clone()),
                 ("seed".to_string(), seed.to_string()),
             ];
-            let pp = default_preprocessor(&cfg, None);
+            let pp = default_preprocessor(&cfg, None)?;
             write_folder(opts, &cfg, &weights, meta, &pp, source, None, Vec::new())
         }
     }
@@ -180,7 +181,8 @@ fn write_folder(
     };
     let model = vit_graph::build_vit(cfg, weights, &gopts)?;
     // Only now, with the source read and the graph built, touch the output folder.
-    prepare_out_dir(&opts.out, &opts.source()?)?;
+    let checkpoint = opts.checkpoint.as_deref().into_iter().collect::<Vec<_>>();
+    crate::fs::prepare_owned_dir(&opts.out, "model.onnx", &checkpoint)?;
     let model_path = opts.out.join("model.onnx");
     atomic_write(&model_path, |w| {
         model.write_to(w).map_err(|e| Error::io(&model_path, e))
@@ -211,57 +213,14 @@ fn write_folder(
     })
 }
 
-/// ViTImageProcessor defaults for `cfg` (mean/std 0.5 unless `stats` says otherwise).
-pub fn default_preprocessor(cfg: &VitConfig, stats: Option<&(Vec<f64>, Vec<f64>)>) -> Vec<u8> {
-    let (mean, std) = stats
-        .cloned()
-        .unwrap_or_else(|| (vec![0.5; 3], vec![0.5; 3]));
-    let v = serde_json::json!({
-        "do_normalize": true,
-        "do_rescale": true,
-        "do_resize": true,
-        "image_mean": mean,
-        "image_processor_type": "ViTImageProcessor",
-        "image_std": std,
-        "resample": 2,
-        "rescale_factor": 1.0 / 255.0,
-        "size": {"height": cfg.image_size, "width": cfg.image_size},
-    });
-    serde_json::to_string_pretty(&v).expect("json").into_bytes()
-}
-
-fn prepare_out_dir(out: &Path, source: &ExportSource) -> Result<()> {
-    if let ExportSource::Checkpoint(src) = source {
-        if let (Ok(a), Ok(b)) = (out.canonicalize(), src.canonicalize()) {
-            if a == b {
-                return Err(Error::Output {
-                    what: format!(
-                        "refusing to export into the checkpoint folder itself ({})",
-                        out.display()
-                    ),
-                });
-            }
-        }
+/// ViTImageProcessor defaults for `cfg` (mean/std 0.5 unless `stats` says otherwise),
+/// as `preprocessor_config.json` bytes: the one definition of those defaults is
+/// [`PreprocessConfig::vit_default`].
+fn default_preprocessor(cfg: &VitConfig, stats: Option<&(Vec<f64>, Vec<f64>)>) -> Result<Vec<u8>> {
+    let mut p = PreprocessConfig::vit_default(cfg.image_size as u32);
+    if let Some((mean, std)) = stats {
+        p.image_mean = mean.iter().map(|&v| v as f32).collect();
+        p.image_std = std.iter().map(|&v| v as f32).collect();
     }
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Error::Output {
-                what: format!("{} exists and is not a folder", out.display()),
-            });
-        }
-        let mut entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-        let empty = entries.next().is_none();
-        if !empty && !out.join("model.onnx").exists() {
-            return Err(Error::Output {
-                what: format!(
-                    "{} is not empty and holds no model.onnx from a previous export; \
-                     choose an empty or new folder",
-                    out.display()
-                ),
-            });
-        }
-    } else {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    Ok(())
+    Ok(serde_json::to_vec_pretty(&p)?)
 }

@@ -46,6 +46,9 @@ use super::GraphVariant;
 use crate::error::{Error, Result};
 use crate::vit::VitConfig;
 
+/// Default-domain opsets the builder emits (LayerNormalization needs 17).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
+
 /// What the graph should contain beyond the weights.
 #[derive(Debug, Clone)]
 pub struct GraphOptions {
@@ -122,9 +125,9 @@ pub fn build_vit<'b>(
 ) -> Result<BuiltModel<'b>> {
     cfg.validate()?;
     let act = act_of(cfg)?;
-    if !(17..=23).contains(&opts.opset) {
+    if !OPSETS.contains(&opts.opset) {
         return Err(Error::Config {
-            what: format!("opset {} is not supported (17..=23)", opts.opset),
+            what: format!("opset {} is not supported ({OPSETS:?})", opts.opset),
         });
     }
     let d = cfg.hidden_size as i64;

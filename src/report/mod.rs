@@ -598,7 +598,10 @@ mod tests {
     fn formats_parse() {
         use clap::ValueEnum;
         assert_eq!(Format::from_str("MD", true).unwrap(), Format::Markdown);
-        assert_eq!(Format::from_str("markdown", false).unwrap(), Format::Markdown);
+        assert_eq!(
+            Format::from_str("markdown", false).unwrap(),
+            Format::Markdown
+        );
         assert_eq!(Format::from_str("png", false).unwrap(), Format::Png);
         assert!(Format::from_str("pdf", false).unwrap_err().contains("pdf"));
         let t: std::collections::BTreeMap<String, Vec<Format>> =

@@ -161,6 +161,14 @@ fn usage_and_input_errors_exit_2() {
     let o = util::run(&["report", t.path().join("nope").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
+        util::stderr(&o).contains("nope: not a finished vit-batch run: the folder is missing"),
+        "{}",
+        util::stderr(&o)
+    );
+    std::fs::create_dir_all(t.path().join("empty")).unwrap();
+    let o = util::run(&["report", t.path().join("empty").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
         util::stderr(&o).contains("metrics.json is missing"),
         "{}",
         util::stderr(&o)
@@ -170,7 +178,8 @@ fn usage_and_input_errors_exit_2() {
     let o = util::run(&["report", run.to_str().unwrap(), "--format", "html,pdf"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        util::stderr(&o).contains("unknown report format 'pdf'"),
+        util::stderr(&o).contains("invalid value 'pdf' for '--format")
+            && util::stderr(&o).contains("html, png, md, json"),
         "{}",
         util::stderr(&o)
     );

@@ -181,7 +181,10 @@ fn rows_and_metrics_match_an_independent_computation() {
     assert_eq!(m["counts"]["unmapped"], 1);
     assert_eq!(m["counts"]["evaluated"], evaluated);
     assert!((m["top1"].as_f64().unwrap() - correct as f64 / evaluated as f64).abs() < 1e-12);
-    assert_eq!(m["run"]["onnxruntime_version"], "1.31.1");
+    assert_eq!(
+        m["run"]["onnxruntime_version"],
+        vit_batch::runtime::PINNED_ORT_VERSION
+    );
     assert_eq!(m["run"]["model_sha256"].as_str().unwrap().len(), 64);
     assert!(m["throughput"]["images_per_s"].as_f64().unwrap() > 0.0);
 }

@@ -205,7 +205,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             data_dir: spec.data_dir.display().to_string(),
             model: "fixtures/models/synthetic-vit".into(),
             model_sha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
-            onnxruntime_version: "1.31.1".into(),
+            onnxruntime_version: vit_batch::runtime::PINNED_ORT_VERSION.into(),
             provider: Provider::Cpu,
             threads: 2,
             batch_size: 32,

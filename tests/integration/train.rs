@@ -14,8 +14,8 @@ use ort::value::TensorRef;
 
 use vit_batch::export::{export, ExportOptions, ExportSource};
 use vit_batch::preprocess::{PreprocessConfig, Preprocessor};
-use vit_batch::score::ScoreOptions;
 use vit_batch::progress::Silent;
+use vit_batch::score::ScoreOptions;
 use vit_batch::train::{TrainOptions, TrainSummary};
 
 /// `train` with no progress output.

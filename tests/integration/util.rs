@@ -26,10 +26,11 @@ pub fn ort_lib() -> PathBuf {
     if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
         return PathBuf::from(p);
     }
-    let p = repo().join(".ort/1.31.1/libonnxruntime.so.1.31.1");
+    let v = vit_batch::runtime::PINNED_ORT_VERSION;
+    let p = repo().join(format!(".ort/{v}/libonnxruntime.so.{v}"));
     assert!(
         p.exists(),
-        "ONNX Runtime missing at {}: run scripts/setup",
+        "ONNX Runtime {v} is not installed at {}: run scripts/setup first (the README's test command does)",
         p.display()
     );
     p
