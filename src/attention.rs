@@ -15,23 +15,27 @@ use serde::{Deserialize, Serialize};
 /// How an attention model's tokens map onto the image, recorded in `metrics.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionInfo {
+    /// Transformer layers with attention outputs.
     pub layers: usize,
+    /// Attention heads per layer.
     pub heads: usize,
     /// Sequence length: prefix tokens ([CLS], DeiT's distillation token) + patches.
     pub tokens: usize,
+    /// Tokens before the patches ([CLS], and DeiT's distillation token).
     pub prefix_tokens: usize,
     /// Patch grid, rows x columns (`attn_rollout` holds `grid[0] * grid[1]` values).
     pub grid: [usize; 2],
+    /// How the rollout is computed, in words.
     pub method: String,
 }
 
-pub const METHOD: &str = "rollout: heads averaged, 0.5*A + 0.5*I per layer, rows renormalized; [CLS] row over patch tokens";
+pub(crate) const METHOD: &str = "rollout: heads averaged, 0.5*A + 0.5*I per layer, rows renormalized; [CLS] row over patch tokens";
 
 impl AttentionInfo {
     /// Lay out `tokens` for an input of `height` x `width` pixels; `patch_size` comes
     /// from the model's `config.json` when it has one, otherwise a square grid with
     /// one or two prefix tokens is assumed. None when the tokens cannot be laid out.
-    pub fn layout(
+    pub(crate) fn layout(
         layers: usize,
         heads: usize,
         tokens: usize,
@@ -70,7 +74,7 @@ impl AttentionInfo {
 /// The [CLS] row of the attention rollout for one image. `layers[l]` is layer l's
 /// attention for this image, `heads * tokens * tokens` values (row-major `[h][i][j]`,
 /// row i attending to column j). Returns `tokens` values that sum to 1.
-pub fn cls_rollout(layers: &[&[f32]], heads: usize, tokens: usize) -> Vec<f32> {
+pub(crate) fn cls_rollout(layers: &[&[f32]], heads: usize, tokens: usize) -> Vec<f32> {
     let t = tokens;
     let mut v = vec![0f64; t];
     v[0] = 1.0;

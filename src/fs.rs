@@ -108,7 +108,7 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 /// folder, `train`'s checkpoint): created when missing; an existing folder must be
 /// empty or hold `marker` from an earlier run of that command, whose files are then
 /// replaced one by one. `out` may be none of `inputs`, nor inside one of them.
-pub fn prepare_owned_dir(out: &Path, marker: &str, inputs: &[&Path]) -> Result<()> {
+pub(crate) fn prepare_owned_dir(out: &Path, marker: &str, inputs: &[&Path]) -> Result<()> {
     if let Ok(o) = out.canonicalize() {
         for i in inputs {
             if let Ok(i) = i.canonicalize() {

@@ -27,7 +27,7 @@ pub enum Provider {
 }
 
 #[derive(Debug, Clone)]
-pub struct EngineOptions {
+pub(crate) struct EngineOptions {
     pub provider: Provider,
     /// Intra-op threads for ONNX Runtime.
     pub intra_threads: usize,
@@ -38,7 +38,7 @@ pub struct EngineOptions {
 
 /// What the model's graph says about its input and output.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelIo {
+pub(crate) struct ModelIo {
     pub input_name: String,
     pub output_name: String,
     /// Fixed batch size, when the model's batch axis is not dynamic.
@@ -56,7 +56,7 @@ pub struct ModelIo {
 }
 
 /// What one batch gave back.
-pub struct BatchOutput {
+pub(crate) struct BatchOutput {
     /// `n * classes` logits.
     pub logits: Vec<f32>,
     pub classes: usize,
@@ -65,7 +65,7 @@ pub struct BatchOutput {
     pub rollout: Option<Vec<f32>>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     session: Session,
     pub io: ModelIo,
     pub provider: Provider,
@@ -76,7 +76,7 @@ fn dim(d: i64) -> Option<usize> {
 }
 
 impl Engine {
-    pub fn open(onnx: &Path, opts: &EngineOptions) -> Result<Self> {
+    pub(crate) fn open(onnx: &Path, opts: &EngineOptions) -> Result<Self> {
         let env = crate::runtime::environment()?;
         let model_err = |e: String| Error::Model {
             what: format!("{}: {e}", onnx.display()),
@@ -103,7 +103,8 @@ impl Engine {
             if !available {
                 return Err(Error::Runtime {
                     what: format!(
-                        "--provider cuda: this ONNX Runtime library has no CUDA execution provider (it is the CPU build). Install the GPU build with `scripts/setup --gpu` and pass --ort-lib .ort/{v}-gpu/libonnxruntime.so.{v}",
+                        "provider cuda: this ONNX Runtime library has no CUDA execution provider (it is the CPU build). Install the GPU build with `scripts/setup --gpu` and pass {} .ort/{v}-gpu/libonnxruntime.so.{v}",
+                        crate::error::option_name("ort_lib"),
                         v = crate::runtime::PINNED_ORT_VERSION
                     ),
                 });
@@ -112,7 +113,7 @@ impl Engine {
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
                 .map_err(|e| Error::Runtime {
                     what: format!(
-                        "--provider cuda: the CUDA execution provider failed to register: {e}"
+                        "provider cuda: the CUDA execution provider failed to register: {e}"
                     ),
                 })?;
         }
@@ -129,7 +130,7 @@ impl Engine {
     }
 
     /// Check the model's input against the tensor the preprocessing makes.
-    pub fn check_input(&self, height: u32, width: u32) -> Result<()> {
+    pub(crate) fn check_input(&self, height: u32, width: u32) -> Result<()> {
         let io = &self.io;
         let mismatch = |what: &str, m: Option<usize>, p: usize| {
             match m {
@@ -151,7 +152,13 @@ impl Engine {
     /// Run `n` images (`input` holds n * 3 * h * w values) and return the logits
     /// (and the attention rollout, for a model with attention outputs). A fixed batch
     /// axis is honoured by padding.
-    pub fn run(&mut self, input: &[f32], n: usize, h: usize, w: usize) -> Result<BatchOutput> {
+    pub(crate) fn run(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<BatchOutput> {
         let per = 3 * h * w;
         let run_n = self.io.fixed_batch.unwrap_or(n).max(n);
         let padded;

@@ -53,7 +53,7 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
     let first = &shards[0];
     let Some(s0) = first.identity.shard else {
         return Err(err(format!(
-            "{} is not a shard (it was scored without --shard)",
+            "{} is not a shard (it was scored without the shard option)",
             first.dir.display()
         )));
     };
@@ -63,7 +63,7 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
         let id = &s.identity;
         let Some(sh) = id.shard else {
             return Err(err(format!(
-                "{} is not a shard (it was scored without --shard)",
+                "{} is not a shard (it was scored without the shard option)",
                 s.dir.display()
             )));
         };
@@ -113,6 +113,8 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
     Ok(n)
 }
 
+/// Merge the shard runs of `opts.shards` into one run in `opts.out`; the merged
+/// predictions and metrics equal a single run's.
 pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
     if opts.shards.is_empty() {
         return Err(err("merge needs at least one shard folder".into()));

@@ -14,13 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{Row, Status};
 
-pub const ECE_BINS: usize = 15;
+pub(crate) const ECE_BINS: usize = 15;
 
+/// How many rows of each kind a run holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Counts {
     /// Image files found (one row each).
     pub images: u64,
+    /// Rows scored.
     pub ok: u64,
+    /// Rows that failed (unreadable image, non-finite logits...).
     pub errors: u64,
     /// Non-image files skipped by the walk.
     pub skipped: u64,
@@ -30,30 +33,46 @@ pub struct Counts {
     pub evaluated: u64,
 }
 
+/// sklearn-style per-class figures.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClassStats {
+    /// Model class id.
     pub id: usize,
+    /// Class name.
     pub class: String,
+    /// Of the evaluated rows predicted as this class, the share that are.
     pub precision: f64,
+    /// Of the evaluated rows of this class, the share predicted as it.
     pub recall: f64,
+    /// Harmonic mean of precision and recall.
     pub f1: f64,
+    /// Evaluated rows of this class.
     pub support: u64,
     /// Images predicted as this class.
     pub predicted: u64,
 }
 
+/// Macro or support-weighted average of the per-class figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Average {
+    /// Average precision.
     pub precision: f64,
+    /// Average recall.
     pub recall: f64,
+    /// Average F1.
     pub f1: f64,
+    /// Evaluated rows.
     pub support: u64,
 }
 
+/// One equal-width confidence bin of the reliability diagram.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CalibrationBin {
+    /// Lower confidence bound.
     pub lo: f64,
+    /// Upper confidence bound.
     pub hi: f64,
+    /// Rows whose top-1 score falls in the bin.
     pub count: u64,
     /// Mean top-1 confidence in the bin (0 when empty).
     pub confidence: f64,
@@ -61,16 +80,21 @@ pub struct CalibrationBin {
     pub accuracy: f64,
 }
 
+/// Calibration of the top-1 scores.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Calibration {
+    /// Expected calibration error (15 equal-width bins, L1).
     pub ece: f64,
+    /// The bins.
     pub bins: Vec<CalibrationBin>,
 }
 
+/// The confusion matrix of the evaluated rows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Confusion {
     /// Model class ids of the rows/columns (labels present in truth or predictions).
     pub ids: Vec<usize>,
+    /// Class names of `ids`.
     pub labels: Vec<String>,
     /// `matrix[true][pred]` counts.
     pub matrix: Vec<Vec<u64>>,
@@ -78,7 +102,7 @@ pub struct Confusion {
 
 impl Confusion {
     /// Row-normalised matrix: recall per true class (rows with no support are 0).
-    pub fn normalized(&self) -> Vec<Vec<f64>> {
+    pub(crate) fn normalized(&self) -> Vec<Vec<f64>> {
         self.matrix
             .iter()
             .map(|r| {
@@ -91,16 +115,26 @@ impl Confusion {
     }
 }
 
+/// Every metric of a run (the flattened body of `metrics.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
+    /// Row counts.
     pub counts: Counts,
+    /// Top-1 accuracy over the evaluated rows.
     pub top1: f64,
+    /// Top-k accuracy over the evaluated rows.
     pub topk: f64,
+    /// The k of `topk`.
     pub k: usize,
+    /// Per-class figures, by class id.
     pub per_class: Vec<ClassStats>,
+    /// Unweighted mean over classes with support.
     pub macro_avg: Average,
+    /// Support-weighted mean.
     pub weighted_avg: Average,
+    /// The confusion matrix.
     pub confusion: Confusion,
+    /// Calibration.
     pub calibration: Calibration,
 }
 
@@ -133,7 +167,7 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
-    pub fn new(k: usize, skipped: u64) -> Self {
+    pub(crate) fn new(k: usize, skipped: u64) -> Self {
         Accumulator {
             k,
             counts: Counts {
@@ -147,7 +181,7 @@ impl Accumulator {
         }
     }
 
-    pub fn add(&mut self, r: &Row) {
+    pub(crate) fn add(&mut self, r: &Row) {
         let c = &mut self.counts;
         c.images += 1;
         match r.status {
@@ -179,7 +213,7 @@ impl Accumulator {
         self.bins[b].2 += right as u64;
     }
 
-    pub fn finish(self, labels: &[String]) -> Metrics {
+    pub(crate) fn finish(self, labels: &[String]) -> Metrics {
         let name = |id: usize| labels.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
         let present: BTreeSet<usize> = self.cells.keys().flat_map(|&(t, p)| [t, p]).collect();
         let ids: Vec<usize> = present.into_iter().collect();
@@ -264,7 +298,7 @@ impl Accumulator {
 }
 
 /// Numerically stable softmax.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f64> = logits.iter().map(|&x| ((x - m) as f64).exp()).collect();
     let s: f64 = e.iter().sum();
@@ -273,7 +307,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Indices of the `k` largest values, highest first; ties go to the lower index, so
 /// the order is deterministic.
-pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
+pub(crate) fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..probs.len()).collect();
     idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     idx.truncate(k.min(probs.len()));

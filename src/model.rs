@@ -14,7 +14,7 @@ use crate::preprocess::PreprocessConfig;
 
 /// A resolved model: the graph file, its labels and its preprocessing.
 #[derive(Debug, Clone)]
-pub struct ModelBundle {
+pub(crate) struct ModelBundle {
     pub onnx: PathBuf,
     /// Class names by id (from `config.json`'s `id2label`), if the folder has one.
     pub labels: Option<Vec<String>>,
@@ -29,7 +29,7 @@ pub struct ModelBundle {
 }
 
 impl ModelBundle {
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let (onnx, dir) = if path.is_dir() {
             (path.join("model.onnx"), Some(path.to_path_buf()))
         } else {
@@ -45,7 +45,7 @@ impl ModelBundle {
         if !onnx.is_file() {
             return Err(Error::Model {
                 what: format!(
-                    "{} not found (--model takes a .onnx file or a folder holding model.onnx, config.json, preprocessor_config.json)",
+                    "{} not found (the model option takes a .onnx file or a folder holding model.onnx, config.json, preprocessor_config.json)",
                     onnx.display()
                 ),
             });
@@ -113,7 +113,7 @@ impl ModelBundle {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -129,7 +129,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Read a `--label-map` CSV of `folder,label` lines (a header line `folder,label` is
 /// allowed; `#` starts a comment).
-pub fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>> {
+pub(crate) fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -170,7 +170,7 @@ pub struct LabelMapping {
 /// Match dataset classes to model labels: an explicit `--label-map` entry wins, then
 /// the exact label name, then `label2id`. No match at all is an error showing both
 /// lists.
-pub fn map_labels(
+pub(crate) fn map_labels(
     classes: &[String],
     model_labels: &[String],
     label2id: &BTreeMap<String, usize>,
@@ -205,7 +205,7 @@ pub fn map_labels(
                 None => {
                     return Err(Error::Config {
                         what: format!(
-                        "--label-map maps folder '{c}' to '{target}', which is not a model label"
+                        "the label map maps folder '{c}' to '{target}', which is not a model label"
                     ),
                     })
                 }
@@ -236,11 +236,12 @@ pub fn map_labels(
         };
         return Err(Error::Model {
             what: format!(
-                "no dataset class matches a model label.\n  dataset classes ({}): {}\n  model labels ({}): {}\nuse --label-map FILE (CSV `folder,label`) to map them",
+                "no dataset class matches a model label.\n  dataset classes ({}): {}\n  model labels ({}): {}\nmap them with a label map: {} FILE (CSV `folder,label`)",
                 classes.len(),
                 show(classes),
                 model_labels.len(),
-                show(model_labels)
+                show(model_labels),
+                crate::error::option_name("label_map")
             ),
         });
     }

@@ -14,15 +14,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Whether a row was scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Scored.
     Ok,
+    /// Not scored; `error` says why.
     Error,
 }
 
 impl Status {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Error => "error",
@@ -39,14 +42,19 @@ pub struct Row {
     pub label: String,
     /// Model class id of `label`; null when the folder matches no model label.
     pub label_id: Option<u32>,
+    /// Top-1 class name.
     pub pred: Option<String>,
+    /// Top-1 class id.
     pub pred_id: Option<u32>,
     /// Top-1 softmax probability.
     pub score: Option<f32>,
+    /// Top-k class ids, best first.
     pub topk_ids: Option<Vec<u32>>,
+    /// Their softmax probabilities.
     pub topk_scores: Option<Vec<f32>>,
     /// `pred_id == label_id`; null for errors and unmapped classes.
     pub correct: Option<bool>,
+    /// Scored or failed.
     pub status: Status,
     /// Why the row failed; null when ok.
     pub error: Option<String>,
@@ -57,7 +65,7 @@ pub struct Row {
     pub attn_rollout: Option<Vec<f32>>,
 }
 
-pub const COLUMNS: &[&str] = &[
+pub(crate) const COLUMNS: &[&str] = &[
     "path",
     "label",
     "label_id",
@@ -74,7 +82,7 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// Rows as a polars DataFrame with the documented schema.
-pub fn to_frame(rows: &[Row]) -> Result<DataFrame> {
+pub(crate) fn to_frame(rows: &[Row]) -> Result<DataFrame> {
     let s = |name: &str, v: Vec<Option<&str>>| Column::new(name.into(), v);
     let ids = |name: &str, f: &dyn Fn(&Row) -> Option<u32>| {
         Column::new(
@@ -160,7 +168,7 @@ fn bad(what: String) -> Error {
 }
 
 /// Rows back from a DataFrame with the documented schema.
-pub fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
+pub(crate) fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
     // `attn_rollout` came later: files written before it read back with nulls.
     for c in COLUMNS.iter().filter(|&&c| c != "attn_rollout") {
         if df.column(c).is_err() {
@@ -272,6 +280,7 @@ pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
     })
 }
 
+/// All rows of a predictions Parquet file, in order.
 pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let df = ParquetReader::new(f).finish().map_err(|e| Error::Output {
@@ -281,7 +290,7 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// Rows `offset..offset+len` of a predictions file (only the row groups needed).
-pub fn read_parquet_slice(path: &Path, offset: usize, len: usize) -> Result<Vec<Row>> {
+pub(crate) fn read_parquet_slice(path: &Path, offset: usize, len: usize) -> Result<Vec<Row>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let df = ParquetReader::new(f)
         .with_slice(Some((offset, len)))
@@ -293,7 +302,7 @@ pub fn read_parquet_slice(path: &Path, offset: usize, len: usize) -> Result<Vec<
 }
 
 /// Number of rows in a predictions file (from its footer).
-pub fn parquet_rows(path: &Path) -> Result<usize> {
+pub(crate) fn parquet_rows(path: &Path) -> Result<usize> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     ParquetReader::new(f).num_rows().map_err(|e| Error::Output {
         what: format!("{}: {e}", path.display()),
@@ -302,27 +311,27 @@ pub fn parquet_rows(path: &Path) -> Result<usize> {
 
 /// The committed parts of a run: `parts/part-<start>-<end>.parquet` holds the rows
 /// of dataset entries `start..end` (indices in the run's sorted entry list).
-pub struct Parts {
+pub(crate) struct Parts {
     pub dir: PathBuf,
 }
 
 impl Parts {
-    pub fn new(out_dir: &Path) -> Result<Self> {
+    pub(crate) fn new(out_dir: &Path) -> Result<Self> {
         let dir = out_dir.join("parts");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Parts { dir })
     }
 
-    pub fn path(&self, start: usize, end: usize) -> PathBuf {
+    pub(crate) fn path(&self, start: usize, end: usize) -> PathBuf {
         self.dir.join(format!("part-{start:010}-{end:010}.parquet"))
     }
 
-    pub fn commit(&self, start: usize, rows: &[Row]) -> Result<()> {
+    pub(crate) fn commit(&self, start: usize, rows: &[Row]) -> Result<()> {
         write_parquet(&self.path(start, start + rows.len()), rows)
     }
 
     /// Committed ranges, sorted by start (temporary files are ignored).
-    pub fn ranges(&self) -> Result<Vec<(usize, usize, PathBuf)>> {
+    pub(crate) fn ranges(&self) -> Result<Vec<(usize, usize, PathBuf)>> {
         let mut out = Vec::new();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         for e in rd {
@@ -347,7 +356,7 @@ impl Parts {
 
     /// The committed part files in row order, checked to tile `0..total` exactly
     /// (no gap, no overlap, nothing missing at the end).
-    pub fn tiled(&self, total: usize) -> Result<Vec<PathBuf>> {
+    pub(crate) fn tiled(&self, total: usize) -> Result<Vec<PathBuf>> {
         let ranges = self.ranges()?;
         let mut next = 0;
         for (a, b, _) in &ranges {
@@ -366,7 +375,10 @@ impl Parts {
 }
 
 /// Write a sequence of row batches into one Parquet file (one row group per batch).
-pub fn write_streamed(dest: &Path, batches: impl Iterator<Item = Result<Vec<Row>>>) -> Result<()> {
+pub(crate) fn write_streamed(
+    dest: &Path,
+    batches: impl Iterator<Item = Result<Vec<Row>>>,
+) -> Result<()> {
     crate::fs::atomic_write(dest, |f| {
         let schema = to_frame(&[])?.schema().as_ref().clone();
         let mut w = writer(f).batched(&schema)?;
@@ -385,7 +397,7 @@ pub fn write_streamed(dest: &Path, batches: impl Iterator<Item = Result<Vec<Row>
 mod tests {
     use super::*;
 
-    pub fn sample(i: usize, ok: bool) -> Row {
+    pub(crate) fn sample(i: usize, ok: bool) -> Row {
         Row {
             path: format!("c{}/img{i:03}.png", i % 3),
             label: format!("c{}", i % 3),

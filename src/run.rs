@@ -24,18 +24,18 @@ use crate::preprocess::PreprocessConfig;
 use crate::record::{self, Parts, Row};
 
 /// The identity of a run, written first.
-pub const RUN_JSON: &str = "run.json";
+pub(crate) const RUN_JSON: &str = "run.json";
 /// One row per image, in the dataset's sorted order.
-pub const PREDICTIONS: &str = "predictions.parquet";
+pub(crate) const PREDICTIONS: &str = "predictions.parquet";
 /// Metrics, throughput and provenance ([`MetricsFile`]).
-pub const METRICS_JSON: &str = "metrics.json";
+pub(crate) const METRICS_JSON: &str = "metrics.json";
 /// Committed parts of a run still being scored.
-pub const PARTS_DIR: &str = "parts";
+pub(crate) const PARTS_DIR: &str = "parts";
 /// The report's chart images.
-pub const CHARTS_DIR: &str = "charts";
+pub(crate) const CHARTS_DIR: &str = "charts";
 
 /// Files a run folder holds; `--overwrite` removes exactly these.
-pub const RUN_FILES: &[&str] = &[
+pub(crate) const RUN_FILES: &[&str] = &[
     RUN_JSON,
     PREDICTIONS,
     METRICS_JSON,
@@ -86,7 +86,7 @@ pub struct RunIdentity {
 
 /// Which parts of two identities must agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityScope {
+pub(crate) enum IdentityScope {
     /// Rows of the two runs can stand side by side (`merge` of shards): same model,
     /// preprocessing, dataset, `limit`, `top_k` and labels.
     Content,
@@ -95,14 +95,14 @@ pub enum IdentityScope {
 }
 
 /// The first 12 characters of a hash (or all of a shorter string), for messages.
-pub fn short_hash(s: &str) -> &str {
+pub(crate) fn short_hash(s: &str) -> &str {
     s.char_indices().nth(12).map_or(s, |(i, _)| &s[..i])
 }
 
 impl RunIdentity {
     /// What differs between `self` (stored) and `other`, by the one rule of `scope`;
     /// empty when they agree. Each item names the option or input that differs.
-    pub fn differences(&self, other: &RunIdentity, scope: IdentityScope) -> Vec<String> {
+    pub(crate) fn differences(&self, other: &RunIdentity, scope: IdentityScope) -> Vec<String> {
         let mut d = vec![];
         if self.model_sha256 != other.model_sha256 {
             d.push(format!(
@@ -141,7 +141,7 @@ impl RunIdentity {
     }
 
     /// Read `run.json` of `dir`.
-    pub fn read(dir: &Path) -> Result<RunIdentity> {
+    pub(crate) fn read(dir: &Path) -> Result<RunIdentity> {
         let p = dir.join(RUN_JSON);
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         serde_json::from_str(&text).map_err(|e| Error::Corrupt {
@@ -151,7 +151,7 @@ impl RunIdentity {
     }
 
     /// Write `run.json` into `dir`, atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         crate::fs::atomic_write_bytes(
             &dir.join(RUN_JSON),
             serde_json::to_string_pretty(self)?.as_bytes(),
@@ -175,7 +175,7 @@ pub struct Throughput {
 
 impl Throughput {
     /// `scored` rows in `wall_s` seconds.
-    pub fn new(scored: u64, wall_s: f64, shards: Vec<ShardThroughput>) -> Self {
+    pub(crate) fn new(scored: u64, wall_s: f64, shards: Vec<ShardThroughput>) -> Self {
         Throughput {
             scored,
             wall_s,
@@ -254,7 +254,7 @@ pub struct MetricsFile {
 
 impl MetricsFile {
     /// Read a `metrics.json` file.
-    pub fn read(path: &Path) -> Result<Self> {
+    pub(crate) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
@@ -274,7 +274,7 @@ pub struct Run {
 
 impl Run {
     /// The run folder a user-given path designates (a file inside it names its folder).
-    pub fn dir_of(p: &Path) -> PathBuf {
+    pub(crate) fn dir_of(p: &Path) -> PathBuf {
         if p.is_file() {
             p.parent()
                 .map(Path::to_path_buf)
@@ -286,7 +286,7 @@ impl Run {
 
     /// Check that `dir` holds a finished run (both `metrics.json` and
     /// `predictions.parquet`), without reading it.
-    pub fn check_finished(dir: &Path) -> Result<()> {
+    pub(crate) fn check_finished(dir: &Path) -> Result<()> {
         if !dir.is_dir() {
             return Err(Error::NotARun {
                 dir: dir.to_path_buf(),
@@ -305,7 +305,7 @@ impl Run {
     }
 
     /// Open the finished run at `p` (a run folder, or a file inside one).
-    pub fn open(p: &Path) -> Result<Run> {
+    pub(crate) fn open(p: &Path) -> Result<Run> {
         let dir = Self::dir_of(p);
         Self::check_finished(&dir)?;
         let metrics = MetricsFile::read(&dir.join(METRICS_JSON))?;
@@ -313,12 +313,12 @@ impl Run {
     }
 
     /// Path of `predictions.parquet`.
-    pub fn predictions_path(&self) -> PathBuf {
+    pub(crate) fn predictions_path(&self) -> PathBuf {
         self.dir.join(PREDICTIONS)
     }
 
     /// All rows of `predictions.parquet`, in order.
-    pub fn rows(&self) -> Result<Vec<Row>> {
+    pub(crate) fn rows(&self) -> Result<Vec<Row>> {
         record::read_parquet(&self.predictions_path())
     }
 }
@@ -335,7 +335,7 @@ pub enum OutPolicy {
 }
 
 /// Remove vit-batch's own files from a run folder (`overwrite`); nothing else.
-pub fn clear_run_files(out: &Path) -> Result<()> {
+pub(crate) fn clear_run_files(out: &Path) -> Result<()> {
     for f in RUN_FILES {
         let p = out.join(f);
         if p.is_dir() {
@@ -350,7 +350,7 @@ pub fn clear_run_files(out: &Path) -> Result<()> {
 /// Prepare `out` for a run under `policy`: the one output-folder rule of `score` and
 /// `merge`. Refuses to mix runs unless asked, and fails now, not after an hour, when
 /// the folder is not writable.
-pub fn prepare_out_dir(out: &Path, policy: OutPolicy) -> Result<()> {
+pub(crate) fn prepare_out_dir(out: &Path, policy: OutPolicy) -> Result<()> {
     if out.exists() {
         if !out.is_dir() {
             return Err(Error::OutDir {
@@ -404,7 +404,7 @@ pub fn prepare_out_dir(out: &Path, policy: OutPolicy) -> Result<()> {
 /// Merge committed parts into `predictions.parquet` and write `metrics.json`, both
 /// atomically; metrics are computed from the parts in the same pass. The parts are
 /// removed afterwards.
-pub fn finalize(
+pub(crate) fn finalize(
     out: &Path,
     parts: &Parts,
     identity: &RunIdentity,
@@ -422,7 +422,7 @@ pub fn finalize(
 /// The one way a run's outputs are written, shared by `score`, `--resume` and
 /// `merge`: stream row batches (already in final order) into `predictions.parquet`,
 /// computing the metrics in the same pass, then write `metrics.json`.
-pub fn write_outputs(
+pub(crate) fn write_outputs(
     out: &Path,
     batches: impl Iterator<Item = Result<Vec<Row>>>,
     identity: &RunIdentity,

@@ -15,20 +15,23 @@ use crate::error::{Error, Result};
 /// Written once, in `scripts/ort-version`, which `scripts/setup` reads too.
 pub const PINNED_ORT_VERSION: &str = include_str!("../scripts/ort-version").trim_ascii();
 /// The oldest ONNX Runtime the `ort` API level we build with accepts (`api-22`).
-pub const MIN_ORT_MINOR: u32 = 22;
+pub(crate) const MIN_ORT_MINOR: u32 = 22;
 
-const HOW_TO_INSTALL: &str = "install it with `scripts/setup` (pinned ONNX Runtime from the onnxruntime wheel; `scripts/setup --gpu` for CUDA), or point --ort-lib / ORT_DYLIB_PATH at libonnxruntime.so.<version>";
+const HOW_TO_INSTALL: &str = "install it with `scripts/setup` (pinned ONNX Runtime from the onnxruntime wheel; `scripts/setup --gpu` for CUDA), or point the ort_lib option (--ort-lib) or ORT_DYLIB_PATH at libonnxruntime.so.<version>";
 
+/// The ONNX Runtime library that was loaded.
 #[derive(Debug, Clone)]
 pub struct RuntimeInfo {
+    /// Its path.
     pub library: PathBuf,
+    /// Its version (from the file name).
     pub version: String,
 }
 
 static RUNTIME: OnceLock<(ort::environment::Environment, RuntimeInfo)> = OnceLock::new();
 
 /// Where we look for the library, in order. `gpu` prefers the CUDA build.
-pub fn candidates(explicit: Option<&Path>, gpu: bool) -> Vec<(PathBuf, &'static str)> {
+pub(crate) fn candidates(explicit: Option<&Path>, gpu: bool) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
     if let Some(p) = explicit {
         out.push((p.to_path_buf(), "--ort-lib"));

@@ -24,12 +24,14 @@ use crate::walk::{self, Dataset, Entry};
 
 /// Result of a finished run.
 pub struct ScoreOutcome {
+    /// The run folder.
     pub out_dir: PathBuf,
+    /// What `metrics.json` holds.
     pub metrics: run::MetricsFile,
 }
 
 /// Everything resolved before the first image is read (fail-fast checks live here).
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub dataset: Dataset,
     pub bundle: ModelBundle,
     pub engine: Engine,
@@ -40,7 +42,7 @@ pub struct Prepared {
     pub attention: Option<crate::attention::AttentionInfo>,
 }
 
-pub fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
+pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
     opts.validate()?;
     let bundle = ModelBundle::open(&opts.model)?;
     let runtime = crate::runtime::init(opts.ort_lib.as_deref(), opts.provider == Provider::Cuda)?;
@@ -355,7 +357,7 @@ fn open_run(opts: &ScoreOptions, identity: &RunIdentity) -> Result<()> {
     Err(Error::OutDir {
         dir: out.clone(),
         what: format!(
-            "--resume refused: the run there used a different {}; start a new run (or {})",
+            "cannot resume: the run there used a different {}; start a new run (or {})",
             diffs.join(", "),
             crate::error::option_name("overwrite")
         ),

@@ -16,11 +16,12 @@ use walkdir::WalkDir;
 use crate::error::{Error, Result};
 
 /// File extensions recognised as images (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+pub(crate) const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 /// One image file to score.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Path relative to the dataset root, as recorded in outputs (see [`path_to_string`]).
     pub rel: String,
     /// Absolute (or root-joined) path used to read the file.
@@ -36,8 +37,7 @@ pub struct Entry {
 
 /// What the walk found.
 #[derive(Debug, Clone, Default)]
-pub struct Dataset {
-    pub root: PathBuf,
+pub(crate) struct Dataset {
     /// Sorted by `rel` (byte order).
     pub entries: Vec<Entry>,
     /// All first-level class folders, sorted, including empty ones.
@@ -52,7 +52,7 @@ pub struct Dataset {
 
 /// Record a path losslessly as UTF-8: valid UTF-8 is kept as is; each byte of an
 /// invalid sequence is written as `\xNN` (documented in the README).
-pub fn path_to_string(p: &Path) -> String {
+pub(crate) fn path_to_string(p: &Path) -> String {
     let bytes = p.as_os_str().as_bytes();
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_string(),
@@ -69,7 +69,7 @@ pub fn path_to_string(p: &Path) -> String {
     }
 }
 
-pub fn is_image_name(name: &OsStr) -> bool {
+pub(crate) fn is_image_name(name: &OsStr) -> bool {
     Path::new(name)
         .extension()
         .and_then(|e| e.to_str())
@@ -82,7 +82,7 @@ fn is_hidden(name: &OsStr) -> bool {
 }
 
 /// Walk `root`. Fails only when the root itself is unusable or holds no image.
-pub fn walk(root: &Path) -> Result<Dataset> {
+pub(crate) fn walk(root: &Path) -> Result<Dataset> {
     let meta = std::fs::metadata(root).map_err(|e| Error::Dataset {
         what: format!("cannot open dataset folder {}: {e}", root.display()),
     })?;
@@ -92,7 +92,6 @@ pub fn walk(root: &Path) -> Result<Dataset> {
         });
     }
     let mut ds = Dataset {
-        root: root.to_path_buf(),
         ..Default::default()
     };
     let walker = WalkDir::new(root)
@@ -227,7 +226,7 @@ fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
 impl Dataset {
     /// SHA-256 over the sorted relative paths and sizes: two runs (or shards) saw the
     /// same dataset iff their fingerprints are equal.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         for e in &self.entries {
             h.update(e.rel.as_bytes());
@@ -239,7 +238,7 @@ impl Dataset {
 
     /// Keep the entries of shard `k` of `n` (every n-th file, starting at k): balanced,
     /// deterministic, and each file in exactly one shard.
-    pub fn shard(&mut self, k: usize, n: usize) {
+    pub(crate) fn shard(&mut self, k: usize, n: usize) {
         let all = std::mem::take(&mut self.entries);
         self.entries = all
             .into_iter()
@@ -250,7 +249,7 @@ impl Dataset {
     }
 
     /// Keep only the first `n` entries (`--limit`).
-    pub fn limit(&mut self, n: usize) {
+    pub(crate) fn limit(&mut self, n: usize) {
         self.entries.truncate(n);
     }
 }

@@ -22,7 +22,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -33,8 +33,7 @@ use crate::error::{Error, Result};
 use crate::vit::VitConfig;
 
 /// An opened checkpoint folder. Tensors borrow from the memory map it owns.
-pub struct Checkpoint {
-    pub dir: PathBuf,
+pub(crate) struct Checkpoint {
     pub config: VitConfig,
     pub scheme: Scheme,
     /// Hex SHA-256 of `model.safetensors`.
@@ -51,7 +50,7 @@ fn ck(what: String) -> Error {
 }
 
 impl Checkpoint {
-    pub fn open(dir: &Path) -> Result<Checkpoint> {
+    pub(crate) fn open(dir: &Path) -> Result<Checkpoint> {
         let st_path = dir.join("model.safetensors");
         let cfg_path = dir.join("config.json");
         if !st_path.is_file() {
@@ -124,7 +123,6 @@ impl Checkpoint {
         };
         drop(st);
         Ok(Checkpoint {
-            dir: dir.to_path_buf(),
             config,
             scheme,
             sha256,
@@ -136,7 +134,7 @@ impl Checkpoint {
 
     /// Every tensor of the file as float32: F32 ones borrowed from the map, F16 and
     /// BF16 ones converted (owned). Other dtypes are refused, naming the tensor.
-    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor<'_>>> {
+    pub(crate) fn tensors(&self) -> Result<BTreeMap<String, Tensor<'_>>> {
         let st = SafeTensors::deserialize(&self.mmap[..]).map_err(|e| ck(e.to_string()))?;
         let mut out = BTreeMap::new();
         for (name, view) in st.iter() {

@@ -7,8 +7,7 @@
 //! kept apart from the protobuf messages as borrowed-or-owned byte slices, so a
 //! memory-mapped checkpoint can be written to `model.onnx` without first copying
 //! every weight into a `TensorProto` ([`BuiltModel::write_to`] streams the protobuf
-//! encoding); [`BuiltModel::into_model_proto`] gives the plain `ModelProto` when a
-//! caller wants one in memory.
+//! encoding); a unit test checks that encoding against prost's own.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,11 +23,11 @@ use crate::onnx::{
 };
 
 /// The Microsoft contrib-op domain of ONNX Runtime.
-pub const MS_DOMAIN: &str = "com.microsoft";
+pub(crate) const MS_DOMAIN: &str = "com.microsoft";
 
 /// One dimension of a graph input or output.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Dim {
+pub(crate) enum Dim {
     Fixed(i64),
     /// A symbolic (dynamic) axis, e.g. `batch`.
     Param(String),
@@ -36,14 +35,14 @@ pub enum Dim {
 
 /// An attribute value of a node.
 #[derive(Debug, Clone)]
-pub enum Attr {
+pub(crate) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
 }
 
 /// The IR version that matches an opset of the default domain (onnx/helper.py's table).
-pub fn ir_version_for_opset(opset: i64) -> i64 {
+pub(crate) fn ir_version_for_opset(opset: i64) -> i64 {
     match opset {
         ..=18 => 8,
         19..=20 => 9,
@@ -58,7 +57,7 @@ struct Initializer<'a> {
 }
 
 /// Builds one graph. `'a` is the lifetime of borrowed initializer payloads.
-pub struct GraphBuilder<'a> {
+pub(crate) struct GraphBuilder<'a> {
     name: String,
     nodes: Vec<NodeProto>,
     initializers: Vec<Initializer<'a>>,
@@ -71,7 +70,7 @@ pub struct GraphBuilder<'a> {
 }
 
 /// A finished model: the protobuf messages plus the initializer payloads.
-pub struct BuiltModel<'a> {
+pub(crate) struct BuiltModel<'a> {
     /// The model with `graph: None`; the graph is kept apart in `graph`.
     model: ModelProto,
     /// The graph without initializers; those are in `initializers`.
@@ -126,7 +125,7 @@ fn attribute(name: &str, value: &Attr) -> AttributeProto {
 }
 
 impl<'a> GraphBuilder<'a> {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         GraphBuilder {
             name: name.to_string(),
             nodes: Vec::new(),
@@ -140,7 +139,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// A value name not used yet, derived from `base` (`base`, `base_1`, ...).
-    pub fn unique(&mut self, base: &str) -> String {
+    pub(crate) fn unique(&mut self, base: &str) -> String {
         let mut name = base.to_string();
         let mut i = 1;
         while self.used.contains(&name) {
@@ -152,7 +151,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Declare a float32 graph input; returns its (exact) name.
-    pub fn input(&mut self, name: &str, dims: &[Dim]) -> String {
+    pub(crate) fn input(&mut self, name: &str, dims: &[Dim]) -> String {
         assert!(
             self.used.insert(name.to_string()),
             "input name {name} reused"
@@ -162,12 +161,12 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Declare `value` (an existing node output) as a float32 graph output.
-    pub fn output(&mut self, value: &str, dims: &[Dim]) {
+    pub(crate) fn output(&mut self, value: &str, dims: &[Dim]) {
         self.outputs.push(value_info(value, dims));
     }
 
     /// A float32 initializer from little-endian bytes; returns its unique name.
-    pub fn weight(&mut self, name: &str, shape: &[usize], data: Cow<'a, [u8]>) -> String {
+    pub(crate) fn weight(&mut self, name: &str, shape: &[usize], data: Cow<'a, [u8]>) -> String {
         debug_assert_eq!(shape.iter().product::<usize>() * 4, data.len(), "{name}");
         let name = self.unique(name);
         self.initializers.push(Initializer {
@@ -183,13 +182,13 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// A float32 constant owned by the graph.
-    pub fn const_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> String {
+    pub(crate) fn const_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> String {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.weight(name, shape, Cow::Owned(bytes))
     }
 
     /// A 1-D int64 constant (shapes, axes, indices); a 0-D one when `scalar`.
-    pub fn const_i64(&mut self, name: &str, values: &[i64], scalar: bool) -> String {
+    pub(crate) fn const_i64(&mut self, name: &str, values: &[i64], scalar: bool) -> String {
         let name = self.unique(name);
         let dims = if scalar {
             assert_eq!(values.len(), 1);
@@ -212,7 +211,7 @@ impl<'a> GraphBuilder<'a> {
 
     /// A 1-D int64 shape constant, made on first use and shared after: the graph holds
     /// only the shapes that some node reads, each once.
-    pub fn shape(&mut self, name: &str, values: &[i64]) -> String {
+    pub(crate) fn shape(&mut self, name: &str, values: &[i64]) -> String {
         let key = (name.to_string(), values.to_vec());
         if let Some(n) = self.shapes.get(&key) {
             return n.clone();
@@ -223,7 +222,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Add a node of the default domain with one output named after `out`.
-    pub fn op(
+    pub(crate) fn op(
         &mut self,
         op_type: &str,
         inputs: &[&str],
@@ -235,7 +234,7 @@ impl<'a> GraphBuilder<'a> {
 
     /// Add a node of `domain` with outputs named after `outs` (unique names returned).
     /// An empty string in `inputs` or `outs` is an omitted optional input or output.
-    pub fn op_in(
+    pub(crate) fn op_in(
         &mut self,
         domain: &str,
         op_type: &str,
@@ -274,7 +273,7 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Finish the model: IR version and opset imports are always set.
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         opset: i64,
         producer_version: &str,
@@ -334,17 +333,10 @@ fn header_len(field: u32, len: usize) -> usize {
 }
 
 impl<'a> BuiltModel<'a> {
-    /// Number of float32 values in initializers (the int64 shape constants excluded).
-    pub fn num_float_values(&self) -> usize {
-        self.initializers
-            .iter()
-            .filter(|i| i.proto.data_type == Some(DataType::Float as i32))
-            .map(|i| i.data.len() / 4)
-            .sum()
-    }
-
-    /// The whole model as one in-memory `ModelProto` (copies every payload).
-    pub fn into_model_proto(self) -> ModelProto {
+    /// The whole model as one in-memory `ModelProto` (copies every payload); the
+    /// unit test checks the streamed encoding against it.
+    #[cfg(test)]
+    fn into_model_proto(self) -> ModelProto {
         let mut graph = self.graph;
         graph.initializer = self
             .initializers
@@ -366,7 +358,7 @@ impl<'a> BuiltModel<'a> {
     /// small fields followed by one length-delimited `initializer` per payload, each
     /// being the tensor's small fields followed by its `raw_data`. The bytes equal a
     /// valid `ModelProto` encoding; no copy of the weights is made.
-    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+    pub(crate) fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         let tensor_heads: Vec<Vec<u8>> = self
             .initializers
             .iter()
@@ -405,8 +397,9 @@ impl<'a> BuiltModel<'a> {
         Ok(())
     }
 
-    /// The encoded model in memory (tests, small models).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The encoded model in memory.
+    #[cfg(test)]
+    fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::new();
         self.write_to(&mut v).expect("writing to a Vec cannot fail");
         v

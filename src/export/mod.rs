@@ -22,15 +22,14 @@ pub mod presets;
 pub mod vit_graph;
 pub mod weights;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use vit_graph::GraphOptions;
-pub use weights::{Scheme, Tensor, VitWeights};
+use vit_graph::GraphOptions;
+pub use weights::Tensor;
+use weights::{Scheme, VitWeights};
 
 use crate::error::{Error, Result};
 use crate::fs::{atomic_write, atomic_write_bytes};
-use crate::onnx::ModelProto;
 pub use crate::options::{ExportOptions, ExportSource};
 use crate::preprocess::PreprocessConfig;
 use crate::vit::VitConfig;
@@ -50,6 +49,7 @@ pub enum GraphVariant {
 }
 
 impl GraphVariant {
+    /// The variant's name, as `--variant` takes it.
     pub fn as_str(&self) -> &'static str {
         match self {
             GraphVariant::Standard => "standard",
@@ -61,7 +61,9 @@ impl GraphVariant {
 /// What `export` wrote.
 #[derive(Debug, Clone)]
 pub struct ExportSummary {
+    /// The model folder written.
     pub out_dir: PathBuf,
+    /// Its `model.onnx`.
     pub model_path: PathBuf,
     /// Float parameters of the model (PyTorch's count).
     pub num_params: usize,
@@ -69,35 +71,18 @@ pub struct ExportSummary {
     pub source_sha256: Option<String>,
     /// `checkpoint:<path>` or `preset:<name> seed=<seed>`.
     pub source: String,
+    /// The graph variant built.
     pub variant: GraphVariant,
+    /// Default-domain opset.
     pub opset: i64,
+    /// Whether `attentions.{i}` outputs were added.
     pub with_attentions: bool,
+    /// Classes of the head.
     pub num_labels: usize,
     /// Size of `model.onnx` in bytes.
     pub model_bytes: u64,
     /// Non-fatal findings, e.g. tensors in the checkpoint that the graph does not use.
     pub warnings: Vec<String>,
-}
-
-/// Build the ONNX model in memory from a weight set (copies the weights into it).
-pub fn build_model(
-    cfg: &VitConfig,
-    weights: &VitWeights<'_>,
-    opts: &GraphOptions,
-) -> Result<ModelProto> {
-    Ok(vit_graph::build_vit(cfg, weights, opts)?.into_model_proto())
-}
-
-/// Build the ONNX model from HF-ViT-named tensors (what `vit-batch train` holds in
-/// memory) and return its encoded bytes; unused tensor names come back as warnings.
-pub fn build_model_bytes(
-    cfg: &VitConfig,
-    tensors: &BTreeMap<String, Tensor<'_>>,
-    opts: &GraphOptions,
-) -> Result<(Vec<u8>, Vec<String>)> {
-    let (w, unused) = VitWeights::from_hf_tensors(cfg, Scheme::HfVit, tensors)?;
-    let m = vit_graph::build_vit(cfg, &w, opts)?;
-    Ok((m.to_bytes(), unused))
 }
 
 /// Export according to `opts`. Never panics on bad input: every failure is an [`Error`].

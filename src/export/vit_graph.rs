@@ -47,11 +47,11 @@ use crate::error::{Error, Result};
 use crate::vit::VitConfig;
 
 /// Default-domain opsets the builder emits (LayerNormalization needs 17).
-pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
+pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
 
 /// What the graph should contain beyond the weights.
 #[derive(Debug, Clone)]
-pub struct GraphOptions {
+pub(crate) struct GraphOptions {
     /// Default-domain opset (17..=23; LayerNormalization needs 17).
     pub opset: i64,
     /// Add outputs `attentions.{i}` `[batch, heads, S, S]` (softmax probabilities).
@@ -118,7 +118,7 @@ fn w<'b>(g: &mut GraphBuilder<'b>, name: &str, t: &'b Tensor<'_>) -> String {
 }
 
 /// Build the graph for `cfg` and `weights`. Payloads borrow from `weights`.
-pub fn build_vit<'b>(
+pub(crate) fn build_vit<'b>(
     cfg: &VitConfig,
     weights: &'b VitWeights<'_>,
     opts: &GraphOptions,

@@ -17,12 +17,14 @@ use crate::vit::VitConfig;
 /// One float32 tensor: shape plus little-endian bytes.
 #[derive(Debug, Clone)]
 pub struct Tensor<'a> {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Little-endian float32 payload, borrowed from a memory-mapped checkpoint or owned.
     pub data: Cow<'a, [u8]>,
 }
 
 impl<'a> Tensor<'a> {
-    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Tensor<'static> {
+    pub(crate) fn from_f32(shape: Vec<usize>, values: &[f32]) -> Tensor<'static> {
         assert_eq!(shape.iter().product::<usize>(), values.len());
         Tensor {
             shape,
@@ -30,7 +32,7 @@ impl<'a> Tensor<'a> {
         }
     }
 
-    pub fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
@@ -43,28 +45,17 @@ impl<'a> Tensor<'a> {
     }
 
     /// A borrowed view of this tensor.
-    pub fn view(&self) -> Tensor<'_> {
+    pub(crate) fn view(&self) -> Tensor<'_> {
         Tensor {
             shape: self.shape.clone(),
             data: Cow::Borrowed(&self.data),
-        }
-    }
-
-    /// Rows `start..start+len` of the first axis, borrowed.
-    pub fn rows(&self, start: usize, len: usize) -> Tensor<'_> {
-        let row: usize = self.shape[1..].iter().product::<usize>() * 4;
-        let mut shape = self.shape.clone();
-        shape[0] = len;
-        Tensor {
-            shape,
-            data: Cow::Borrowed(&self.data[start * row..(start + len) * row]),
         }
     }
 }
 
 /// Weights of one pre-norm encoder block (HF names in comments).
 #[derive(Debug, Clone)]
-pub struct LayerWeights<'a> {
+pub(crate) struct LayerWeights<'a> {
     /// layernorm_before
     pub ln1_w: Tensor<'a>,
     pub ln1_b: Tensor<'a>,
@@ -92,7 +83,7 @@ pub struct LayerWeights<'a> {
 
 /// A complete ViT classifier.
 #[derive(Debug, Clone)]
-pub struct VitWeights<'a> {
+pub(crate) struct VitWeights<'a> {
     /// Conv2d `[D, C, P, P]` and `[D]`.
     pub patch_w: Tensor<'a>,
     pub patch_b: Tensor<'a>,
@@ -112,7 +103,7 @@ pub struct VitWeights<'a> {
 
 /// Which naming scheme [`VitWeights::from_hf_tensors`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     /// `ViTForImageClassification`: prefix `vit.`, head `classifier`.
     HfVit,
     /// `DeiTForImageClassification[WithTeacher]`: prefix `deit.`, distillation token.
@@ -128,19 +119,19 @@ pub struct TensorTable<'m, 'a> {
 }
 
 impl<'m, 'a> TensorTable<'m, 'a> {
-    pub fn new(map: &'m BTreeMap<String, Tensor<'a>>) -> Self {
+    pub(crate) fn new(map: &'m BTreeMap<String, Tensor<'a>>) -> Self {
         TensorTable {
             map,
             used: Default::default(),
         }
     }
 
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
 
     /// The tensor `name` (borrowed), which must have exactly `shape`.
-    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor<'m>> {
+    pub(crate) fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor<'m>> {
         let t = self.map.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
         })?;
@@ -156,7 +147,7 @@ impl<'m, 'a> TensorTable<'m, 'a> {
     }
 
     /// Like [`get`](Self::get) but `None` when absent (a wrong shape is still an error).
-    pub fn get_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor<'m>>> {
+    pub(crate) fn get_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor<'m>>> {
         if self.has(name) {
             self.get(name, shape).map(Some)
         } else {
@@ -165,7 +156,7 @@ impl<'m, 'a> TensorTable<'m, 'a> {
     }
 
     /// Names present in the file that no reader asked for, sorted.
-    pub fn unused(&self) -> Vec<String> {
+    pub(crate) fn unused(&self) -> Vec<String> {
         self.map
             .keys()
             .filter(|k| !self.used.contains(*k))
@@ -176,7 +167,7 @@ impl<'m, 'a> TensorTable<'m, 'a> {
 
 impl<'m> VitWeights<'m> {
     /// Number of float parameters (what PyTorch's `numel` sum reports).
-    pub fn num_params(&self) -> usize {
+    pub(crate) fn num_params(&self) -> usize {
         let mut n = self.patch_w.numel() + self.patch_b.numel() + self.cls_token.numel();
         n += self.dist_token.as_ref().map_or(0, |t| t.numel());
         n += self.pos_embed.numel() + self.final_ln_w.numel() + self.final_ln_b.numel();
@@ -200,7 +191,7 @@ impl<'m> VitWeights<'m> {
     /// Read a weight set from `tensors` named after `scheme`, checking every shape
     /// against `cfg`. The result borrows from `tensors` (no weight is copied).
     /// Returns the weights and the names that were not used.
-    pub fn from_hf_tensors<'a>(
+    pub(crate) fn from_hf_tensors<'a>(
         cfg: &VitConfig,
         scheme: Scheme,
         tensors: &'m BTreeMap<String, Tensor<'a>>,

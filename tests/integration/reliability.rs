@@ -505,7 +505,7 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     let o = util::bin().args(&bad).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("--resume refused") && stderr(&o).contains("model"),
+        stderr(&o).contains("cannot resume") && stderr(&o).contains("model"),
         "{}",
         stderr(&o)
     );
