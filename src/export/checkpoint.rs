@@ -198,6 +198,7 @@ fn timm_norm_stats(cfg: &serde_json::Value) -> Option<(Vec<f64>, Vec<f64>)> {
 
 /// A [`VitConfig`] for a timm folder, read from the weights plus `config.json`.
 fn timm_config(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<VitConfig> {
+    timm_supported(st, cfg)?;
     let shape = |n: &str| -> Result<Vec<usize>> {
         st.tensor(n)
             .map(|t| t.shape().to_vec())
@@ -205,23 +206,6 @@ fn timm_config(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<VitConfi
                 name: n.to_string(),
             })
     };
-    for (name, feature) in [
-        ("fc_norm.weight", "average pooling with fc_norm"),
-        ("norm_pre.weight", "pre-norm (norm_pre)"),
-        ("blocks.0.ls1.gamma", "layer scale (ls1/ls2)"),
-        ("reg_token", "register tokens"),
-    ] {
-        if st.tensor(name).is_ok() {
-            return Err(ck(format!("timm checkpoint uses {feature} (tensor '{name}'), which this exporter does not implement")));
-        }
-    }
-    if let Some(gp) = cfg.get("global_pool").and_then(|v| v.as_str()) {
-        if gp != "token" {
-            return Err(ck(format!(
-                "timm global_pool '{gp}' is not supported (only 'token')"
-            )));
-        }
-    }
     let pw = shape("patch_embed.proj.weight")?;
     if pw.len() != 4 || pw[2] != pw[3] {
         return Err(Error::TensorShape {
@@ -266,42 +250,8 @@ fn timm_config(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<VitConfi
         .get("architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    let heads = match args
-        .and_then(|a| a.get("num_heads"))
-        .and_then(|v| v.as_u64())
-    {
-        Some(h) => h as usize,
-        None => {
-            let table = [
-                ("tiny", 3),
-                ("small", 6),
-                ("base", 12),
-                ("large", 16),
-                ("huge", 16),
-            ];
-            table
-                .iter()
-                .find(|(k, _)| arch.contains(k))
-                .map(|&(_, h)| h)
-                .ok_or_else(|| {
-                    Error::Config {
-                        what: format!(
-                            "timm config.json: cannot tell the number of attention heads of architecture \
-                             '{arch}'; add \"model_args\": {{\"num_heads\": H}}"
-                        ),
-                    }
-                })?
-        }
-    };
-    let names: Option<Vec<String>> = cfg
-        .get("label_names")
-        .or_else(|| cfg.get("pretrained_cfg").and_then(|p| p.get("label_names")))
-        .and_then(|v| v.as_array())
-        .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect());
-    let labels = match names {
-        Some(n) if n.len() == head[0] => n,
-        _ => (0..head[0]).map(|i| format!("LABEL_{i}")).collect(),
-    };
+    let heads = timm_heads(args, arch)?;
+    let labels = timm_labels(cfg, head[0]);
     let mut extra = serde_json::Map::new();
     extra.insert("vit_batch_source_format".into(), "timm".into());
     if !arch.is_empty() {
@@ -326,6 +276,69 @@ fn timm_config(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<VitConfi
     };
     out.set_labels(&labels);
     Ok(out)
+}
+
+/// Refuse timm variants whose forward pass differs from plain ViT.
+fn timm_supported(st: &SafeTensors<'_>, cfg: &serde_json::Value) -> Result<()> {
+    for (name, feature) in [
+        ("fc_norm.weight", "average pooling with fc_norm"),
+        ("norm_pre.weight", "pre-norm (norm_pre)"),
+        ("blocks.0.ls1.gamma", "layer scale (ls1/ls2)"),
+        ("reg_token", "register tokens"),
+    ] {
+        if st.tensor(name).is_ok() {
+            return Err(ck(format!("timm checkpoint uses {feature} (tensor '{name}'), which this exporter does not implement")));
+        }
+    }
+    if let Some(gp) = cfg.get("global_pool").and_then(|v| v.as_str()) {
+        if gp != "token" {
+            return Err(ck(format!(
+                "timm global_pool '{gp}' is not supported (only 'token')"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Attention heads of a timm ViT: `model_args.num_heads`, else from the
+/// architecture's size name.
+fn timm_heads(args: Option<&serde_json::Value>, arch: &str) -> Result<usize> {
+    if let Some(h) = args
+        .and_then(|a| a.get("num_heads"))
+        .and_then(|v| v.as_u64())
+    {
+        return Ok(h as usize);
+    }
+    let table = [
+        ("tiny", 3),
+        ("small", 6),
+        ("base", 12),
+        ("large", 16),
+        ("huge", 16),
+    ];
+    table
+        .iter()
+        .find(|(k, _)| arch.contains(k))
+        .map(|&(_, h)| h)
+        .ok_or_else(|| Error::Config {
+            what: format!(
+                "timm config.json: cannot tell the number of attention heads of architecture \
+                 '{arch}'; add \"model_args\": {{\"num_heads\": H}}"
+            ),
+        })
+}
+
+/// Class names of a timm checkpoint (`label_names`), else `LABEL_i`.
+fn timm_labels(cfg: &serde_json::Value, classes: usize) -> Vec<String> {
+    let names: Option<Vec<String>> = cfg
+        .get("label_names")
+        .or_else(|| cfg.get("pretrained_cfg").and_then(|p| p.get("label_names")))
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect());
+    match names {
+        Some(n) if n.len() == classes => n,
+        _ => (0..classes).map(|i| format!("LABEL_{i}")).collect(),
+    }
 }
 
 #[cfg(test)]

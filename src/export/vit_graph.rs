@@ -130,19 +130,60 @@ pub(crate) fn build_vit<'b>(
             what: format!("opset {} is not supported ({OPSETS:?})", opts.opset),
         });
     }
-    let d = cfg.hidden_size as i64;
-    let heads = cfg.num_attention_heads as i64;
-    let dh = cfg.head_dim() as i64;
-    let p = cfg.patch_size as i64;
-    let n_extra = 1 + weights.dist_token.is_some() as i64;
-    let s = cfg.num_patches() as i64 + n_extra;
-    let eps = cfg.layer_norm_eps as f32;
-    let classes = cfg.num_labels() as i64;
-    let fused = opts.variant == GraphVariant::Fused;
-    let batch = || Dim::Param("batch".into());
-
     let mut g = GraphBuilder::new("vit");
+    let emb = embeddings(&mut g, cfg, weights);
+    let d = cfg.hidden_size as i64;
+    let dh = cfg.head_dim() as i64;
+    let n_extra = 1 + weights.dist_token.is_some() as i64;
+    // The encoder works on a [B*S, D] matrix (Gemm wants 2-D); attention reshapes.
+    // Shape constants come from `g.shape`, made where first used, so that a variant
+    // holds only those it reads.
+    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
+    let scale = g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]);
+    let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
+    let mut enc = Encoder {
+        dims: Dims {
+            d,
+            heads: cfg.num_attention_heads as i64,
+            dh,
+            s: cfg.num_patches() as i64 + n_extra,
+            n_extra,
+        },
+        eps: cfg.layer_norm_eps as f32,
+        act,
+        fused: opts.variant == GraphVariant::Fused,
+        with_attentions: opts.with_attentions,
+        shape_2d,
+        scale,
+        rows_out: cfg.num_patches() as i64 + n_extra,
+    };
+    // Only the [CLS] (and distillation) token leaves the last block, so that block
+    // computes queries, attention, projection and MLP for those `n_extra` rows only,
+    // and attends without projecting keys or values ([`cls_attention`]): exact, and
+    // about 1/L less work. Not with attention outputs, which need every query of the
+    // last layer too.
+    let nl = weights.layers.len();
+    for (i, l) in weights.layers.iter().enumerate() {
+        let cls_only = i + 1 == nl && !opts.with_attentions;
+        h = enc.block(&mut g, i, l, h, cls_only);
+    }
+    let logits = classifier(&mut g, weights, &h, enc.rows_out, d, enc.eps)?;
+    g.output(&logits, &[batch(), Dim::Fixed(cfg.num_labels() as i64)]);
+    Ok(g.finish(opts.opset, env!("CARGO_PKG_VERSION"), &opts.metadata))
+}
 
+fn batch() -> Dim {
+    Dim::Param("batch".into())
+}
+
+/// Steps 1-4: pixels to the embedded token sequence `[B, S, D]`.
+fn embeddings<'b>(
+    g: &mut GraphBuilder<'b>,
+    cfg: &VitConfig,
+    weights: &'b VitWeights<'_>,
+) -> String {
+    let d = cfg.hidden_size as i64;
+    let p = cfg.patch_size as i64;
     // 1. Patches: a Conv with kernel = stride = P is "cut into P×P patches, flatten,
     //    multiply by the embedding matrix" in one op: [B, C, H, W] → [B, D, g, g].
     let x = g.input(
@@ -154,8 +195,8 @@ pub(crate) fn build_vit<'b>(
             Dim::Fixed(cfg.image_size as i64),
         ],
     );
-    let pw = w(&mut g, "embeddings.patch.weight", &weights.patch_w);
-    let pb = w(&mut g, "embeddings.patch.bias", &weights.patch_b);
+    let pw = w(g, "embeddings.patch.weight", &weights.patch_w);
+    let pb = w(g, "embeddings.patch.bias", &weights.patch_b);
     let conv = g.op(
         "Conv",
         &[&x, &pw, &pb],
@@ -189,11 +230,11 @@ pub(crate) fn build_vit<'b>(
         &[("axis", Attr::Int(0))],
         "token_shape",
     );
-    let cls = w(&mut g, "embeddings.cls_token", &weights.cls_token);
+    let cls = w(g, "embeddings.cls_token", &weights.cls_token);
     let cls_b = g.op("Expand", &[&cls, &tok_shape], &[], "cls_tokens");
     let mut seq_parts = vec![cls_b];
     if let Some(dist) = &weights.dist_token {
-        let dt = w(&mut g, "embeddings.distillation_token", dist);
+        let dt = w(g, "embeddings.distillation_token", dist);
         seq_parts.push(g.op("Expand", &[&dt, &tok_shape], &[], "distillation_tokens"));
     }
     seq_parts.push(tokens);
@@ -206,148 +247,59 @@ pub(crate) fn build_vit<'b>(
     );
 
     // 4. Add position embeddings: [B, S, D].
-    let pos = w(&mut g, "embeddings.position_embeddings", &weights.pos_embed);
-    let emb = g.op("Add", &[&seq, &pos], &[], "embeddings");
+    let pos = w(g, "embeddings.position_embeddings", &weights.pos_embed);
+    g.op("Add", &[&seq, &pos], &[], "embeddings")
+}
 
-    // The encoder works on a [B*S, D] matrix (Gemm wants 2-D); attention reshapes.
-    // Shape constants come from `g.shape`, made where first used, so that a variant
-    // holds only those it reads.
-    let shape_2d = g.shape("shape_rows_d", &[-1, d]);
-    let scale = g.const_f32("attn_scale", &[], &[1.0 / (dh as f32).sqrt()]);
-    let mut h = g.op("Reshape", &[&emb, &shape_2d], &[], "hidden_0");
+/// What every encoder block needs: sizes, numerics, the variant, and the shared
+/// constants; `rows_out` is the token count per image leaving the last block built.
+struct Encoder {
+    dims: Dims,
+    eps: f32,
+    act: Act,
+    fused: bool,
+    with_attentions: bool,
+    shape_2d: String,
+    scale: String,
+    rows_out: i64,
+}
 
-    // Only the [CLS] (and distillation) token leaves the last block, so that block
-    // computes queries, attention, projection and MLP for those `n_extra` rows only,
-    // and attends without projecting keys or values ([`cls_attention`]): exact, and
-    // about 1/L less work. Not with attention outputs, which need every query of the
-    // last layer too.
-    let nl = weights.layers.len();
-    let mut rows_out = s;
-    for (i, l) in weights.layers.iter().enumerate() {
+impl Encoder {
+    /// Step 5: one pre-norm block on the residual stream `h` `[B*rows, D]`; returns
+    /// the new stream (`[B*n_extra, D]` for the [CLS]-only last block).
+    fn block<'b>(
+        &mut self,
+        g: &mut GraphBuilder<'b>,
+        i: usize,
+        l: &'b super::weights::LayerWeights<'_>,
+        mut h: String,
+        cls_only: bool,
+    ) -> String {
         let pre = format!("layer{i}");
-        let cls_only = i + 1 == nl && !opts.with_attentions;
-        let fused_attention = fused && !opts.with_attentions && !cls_only;
+        let fused_attention = self.fused && !self.with_attentions && !cls_only;
         // 5a. LayerNorm before attention.
         let ln1 = layer_norm(
-            &mut g,
+            g,
             &h,
             &format!("{pre}.ln_before"),
             &l.ln1_w,
             &l.ln1_b,
-            eps,
+            self.eps,
         );
         // 5b. Multi-head self-attention.
         let ctx2d = if fused_attention {
-            let (wqkv, bqkv) = packed_qkv(cfg, l);
-            let wn = g.weight(
-                &format!("{pre}.attn.qkv_packed.weight"),
-                &wqkv.shape,
-                wqkv.data,
-            );
-            let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
-            let x3 = g.op(
-                "Reshape",
-                &[&ln1, &shape_bsd],
-                &[],
-                &format!("{pre}.attn.input"),
-            );
-            let bn = g.weight(
-                &format!("{pre}.attn.qkv_packed.bias"),
-                &bqkv.shape,
-                bqkv.data,
-            );
-            let ins = [x3.as_str(), wn.as_str(), bn.as_str()];
-            let ctx = g.op_in(
-                MS_DOMAIN,
-                "Attention",
-                &ins,
-                &[("num_heads", Attr::Int(heads))],
-                &[&format!("{pre}.attn.context")],
-            );
-            g.op(
-                "Reshape",
-                &[&ctx[0], &shape_2d],
-                &[],
-                &format!("{pre}.attn.context_2d"),
-            )
+            self.fused_attention(g, &pre, &ln1, l)
         } else if cls_only {
-            // Query rows: the leading n_extra tokens; the residual stream likewise.
-            let starts = g.const_i64("slice_starts", &[0], false);
-            let ends = g.const_i64("slice_ends", &[n_extra], false);
-            let axes = g.const_i64("slice_axes", &[1], false);
-            let take = |g: &mut GraphBuilder<'b>, x: &str, name: &str| {
-                let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
-                let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
-                let sl = g.op(
-                    "Slice",
-                    &[&x3, &starts, &ends, &axes],
-                    &[],
-                    &format!("{name}_cls3d"),
-                );
-                g.op("Reshape", &[&sl, &shape_2d], &[], &format!("{name}_cls"))
-            };
-            let q_in = take(&mut g, &ln1, &format!("{pre}.ln_before"));
-            h = take(&mut g, &h, &format!("hidden_{i}"));
-            rows_out = n_extra;
-            let dims = Dims {
-                d,
-                heads,
-                dh,
-                s,
-                n_extra,
-            };
-            cls_attention(&mut g, &pre, &ln1, &q_in, l, dims, &scale)
+            let (q_in, hc) = self.cls_rows(g, &pre, i, &ln1, &h);
+            h = hc;
+            self.rows_out = self.dims.n_extra;
+            cls_attention(g, &pre, &ln1, &q_in, l, self.dims, &self.scale)
         } else {
-            let q = linear(
-                &mut g,
-                &ln1,
-                &format!("{pre}.attn.query"),
-                &l.q_w,
-                l.q_b.as_ref(),
-            );
-            let k = linear(
-                &mut g,
-                &ln1,
-                &format!("{pre}.attn.key"),
-                &l.k_w,
-                l.k_b.as_ref(),
-            );
-            let v = linear(
-                &mut g,
-                &ln1,
-                &format!("{pre}.attn.value"),
-                &l.v_w,
-                l.v_b.as_ref(),
-            );
-            // [B, H, S, dh], Kᵀ as [B, H, dh, S]
-            let shape_bshd = g.shape("shape_b_s_h_dh", &[-1, s, heads, dh]);
-            let qh = split_heads(&mut g, &q, &shape_bshd, [0, 2, 1, 3]);
-            let kt = split_heads(&mut g, &k, &shape_bshd, [0, 2, 3, 1]);
-            let vh = split_heads(&mut g, &v, &shape_bshd, [0, 2, 1, 3]);
-            let probs_name = if opts.with_attentions {
-                format!("attentions.{i}")
-            } else {
-                format!("{pre}.attn.probs")
-            };
-            let probs = attention_probs(&mut g, &pre, &qh, &kt, &scale, &probs_name);
-            if opts.with_attentions {
-                debug_assert_eq!(probs, probs_name);
-                g.output(
-                    &probs,
-                    &[batch(), Dim::Fixed(heads), Dim::Fixed(s), Dim::Fixed(s)],
-                );
-            }
-            let ctx = g.op(
-                "MatMul",
-                &[&probs, &vh],
-                &[],
-                &format!("{pre}.attn.context_heads"),
-            );
-            merge_heads(&mut g, &pre, &ctx, &shape_2d)
+            self.full_attention(g, &pre, i, &ln1, l)
         };
         // 5c. Output projection, residual.
         let o = linear(
-            &mut g,
+            g,
             &ctx2d,
             &format!("{pre}.attn.output"),
             &l.o_w,
@@ -356,20 +308,150 @@ pub(crate) fn build_vit<'b>(
         h = g.op("Add", &[&h, &o], &[], &format!("{pre}.hidden_mid"));
         // 5d. LayerNorm after attention.
         let ln2 = layer_norm(
-            &mut g,
+            g,
             &h,
             &format!("{pre}.ln_after"),
             &l.ln2_w,
             &l.ln2_b,
-            eps,
+            self.eps,
         );
-        // 5e. MLP: D → I, GELU, I → D; residual. Fused: fc1 without its bias, which
-        //     BiasGelu / FastGelu add in the same pass as the activation (a Gemm bias
-        //     is a separate broadcast pass over the [rows, I] output).
-        let ga = if fused {
-            let f1 = linear(&mut g, &ln2, &format!("{pre}.mlp.fc1"), &l.fc1_w, None);
-            let b1 = w(&mut g, &format!("{pre}.mlp.fc1.bias"), &l.fc1_b);
-            let op = if act == Act::Erf {
+        let f2 = self.mlp(g, &pre, &ln2, l);
+        g.op("Add", &[&h, &f2], &[], &format!("hidden_{}", i + 1))
+    }
+
+    /// 5b, fused: ONNX Runtime's `Attention` on the packed Q/K/V weights.
+    fn fused_attention<'b>(
+        &self,
+        g: &mut GraphBuilder<'b>,
+        pre: &str,
+        ln1: &str,
+        l: &'b super::weights::LayerWeights<'_>,
+    ) -> String {
+        let Dims { d, heads, s, .. } = self.dims;
+        let (wqkv, bqkv) = packed_qkv(d as usize, l);
+        let wn = g.weight(
+            &format!("{pre}.attn.qkv_packed.weight"),
+            &wqkv.shape,
+            wqkv.data,
+        );
+        let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
+        let x3 = g.op(
+            "Reshape",
+            &[ln1, &shape_bsd],
+            &[],
+            &format!("{pre}.attn.input"),
+        );
+        let bn = g.weight(
+            &format!("{pre}.attn.qkv_packed.bias"),
+            &bqkv.shape,
+            bqkv.data,
+        );
+        let ins = [x3.as_str(), wn.as_str(), bn.as_str()];
+        let ctx = g.op_in(
+            MS_DOMAIN,
+            "Attention",
+            &ins,
+            &[("num_heads", Attr::Int(heads))],
+            &[&format!("{pre}.attn.context")],
+        );
+        g.op(
+            "Reshape",
+            &[&ctx[0], &self.shape_2d],
+            &[],
+            &format!("{pre}.attn.context_2d"),
+        )
+    }
+
+    /// The last block's query rows (the leading `n_extra` tokens of `ln1`) and its
+    /// residual stream cut to the same rows.
+    fn cls_rows(
+        &self,
+        g: &mut GraphBuilder<'_>,
+        pre: &str,
+        i: usize,
+        ln1: &str,
+        h: &str,
+    ) -> (String, String) {
+        let Dims { d, s, n_extra, .. } = self.dims;
+        let starts = g.const_i64("slice_starts", &[0], false);
+        let ends = g.const_i64("slice_ends", &[n_extra], false);
+        let axes = g.const_i64("slice_axes", &[1], false);
+        let take = |g: &mut GraphBuilder<'_>, x: &str, name: &str| {
+            let shape_bsd = g.shape("shape_b_s_d", &[-1, s, d]);
+            let x3 = g.op("Reshape", &[x, &shape_bsd], &[], &format!("{name}_3d"));
+            let sl = g.op(
+                "Slice",
+                &[&x3, &starts, &ends, &axes],
+                &[],
+                &format!("{name}_cls3d"),
+            );
+            g.op(
+                "Reshape",
+                &[&sl, &self.shape_2d],
+                &[],
+                &format!("{name}_cls"),
+            )
+        };
+        let q_in = take(g, ln1, &format!("{pre}.ln_before"));
+        let h = take(g, h, &format!("hidden_{i}"));
+        (q_in, h)
+    }
+
+    /// 5b, standard: Q, K, V projections, softmax(QKᵀ/√dh)·V per head, heads merged;
+    /// the probabilities are graph outputs `attentions.{i}` when asked for.
+    fn full_attention<'b>(
+        &self,
+        g: &mut GraphBuilder<'b>,
+        pre: &str,
+        i: usize,
+        ln1: &str,
+        l: &'b super::weights::LayerWeights<'_>,
+    ) -> String {
+        let Dims { heads, dh, s, .. } = self.dims;
+        let q = linear(g, ln1, &format!("{pre}.attn.query"), &l.q_w, l.q_b.as_ref());
+        let k = linear(g, ln1, &format!("{pre}.attn.key"), &l.k_w, l.k_b.as_ref());
+        let v = linear(g, ln1, &format!("{pre}.attn.value"), &l.v_w, l.v_b.as_ref());
+        // [B, H, S, dh], Kᵀ as [B, H, dh, S]
+        let shape_bshd = g.shape("shape_b_s_h_dh", &[-1, s, heads, dh]);
+        let qh = split_heads(g, &q, &shape_bshd, [0, 2, 1, 3]);
+        let kt = split_heads(g, &k, &shape_bshd, [0, 2, 3, 1]);
+        let vh = split_heads(g, &v, &shape_bshd, [0, 2, 1, 3]);
+        let probs_name = if self.with_attentions {
+            format!("attentions.{i}")
+        } else {
+            format!("{pre}.attn.probs")
+        };
+        let probs = attention_probs(g, pre, &qh, &kt, &self.scale, &probs_name);
+        if self.with_attentions {
+            debug_assert_eq!(probs, probs_name);
+            g.output(
+                &probs,
+                &[batch(), Dim::Fixed(heads), Dim::Fixed(s), Dim::Fixed(s)],
+            );
+        }
+        let ctx = g.op(
+            "MatMul",
+            &[&probs, &vh],
+            &[],
+            &format!("{pre}.attn.context_heads"),
+        );
+        merge_heads(g, pre, &ctx, &self.shape_2d)
+    }
+
+    /// 5e. MLP: D → I, GELU, I → D (the residual add is the caller's). Fused: fc1
+    /// without its bias, which BiasGelu / FastGelu add in the same pass as the
+    /// activation (a Gemm bias is a separate broadcast pass over the [rows, I] output).
+    fn mlp<'b>(
+        &self,
+        g: &mut GraphBuilder<'b>,
+        pre: &str,
+        ln2: &str,
+        l: &'b super::weights::LayerWeights<'_>,
+    ) -> String {
+        let ga = if self.fused {
+            let f1 = linear(g, ln2, &format!("{pre}.mlp.fc1"), &l.fc1_w, None);
+            let b1 = w(g, &format!("{pre}.mlp.fc1.bias"), &l.fc1_b);
+            let op = if self.act == Act::Erf {
                 "BiasGelu"
             } else {
                 "FastGelu"
@@ -383,31 +465,26 @@ pub(crate) fn build_vit<'b>(
             )
             .remove(0)
         } else {
-            let f1 = linear(
-                &mut g,
-                &ln2,
-                &format!("{pre}.mlp.fc1"),
-                &l.fc1_w,
-                Some(&l.fc1_b),
-            );
-            gelu(&mut g, &f1, act, &format!("{pre}.mlp.gelu"))
+            let f1 = linear(g, ln2, &format!("{pre}.mlp.fc1"), &l.fc1_w, Some(&l.fc1_b));
+            gelu(g, &f1, self.act, &format!("{pre}.mlp.gelu"))
         };
-        let f2 = linear(
-            &mut g,
-            &ga,
-            &format!("{pre}.mlp.fc2"),
-            &l.fc2_w,
-            Some(&l.fc2_b),
-        );
-        h = g.op("Add", &[&h, &f2], &[], &format!("hidden_{}", i + 1));
+        linear(g, &ga, &format!("{pre}.mlp.fc2"), &l.fc2_w, Some(&l.fc2_b))
     }
+}
 
-    // 6. Final LayerNorm, then the classifier on [CLS] (DeiT with teacher: the mean of
-    //    the [CLS] head and the distillation head). LayerNorm is per token, so taking
-    //    the token first and normalising it equals normalising all tokens.
-    let seq_out = h;
+/// Step 6: final LayerNorm, then the classifier on [CLS] (DeiT with teacher: the mean
+/// of the [CLS] head and the distillation head). LayerNorm is per token, so taking
+/// the token first and normalising it equals normalising all tokens.
+fn classifier<'b>(
+    g: &mut GraphBuilder<'b>,
+    weights: &'b VitWeights<'_>,
+    h: &str,
+    rows_out: i64,
+    d: i64,
+    eps: f32,
+) -> Result<String> {
     let shape_out = g.shape("shape_b_rows_d", &[-1, rows_out, d]);
-    let h3 = g.op("Reshape", &[&seq_out, &shape_out], &[], "last_hidden_state");
+    let h3 = g.op("Reshape", &[h, &shape_out], &[], "last_hidden_state");
     let mut head_logits = Vec::new();
     for (k, (hw, hb)) in weights.heads.iter().enumerate() {
         let idx = g.const_i64(&format!("token_{k}"), &[k as i64], true);
@@ -418,7 +495,7 @@ pub(crate) fn build_vit<'b>(
             &format!("head{k}.token"),
         );
         let tok = layer_norm(
-            &mut g,
+            g,
             &tok,
             &format!("final_layernorm{k}"),
             &weights.final_ln_w,
@@ -430,7 +507,7 @@ pub(crate) fn build_vit<'b>(
         } else {
             format!("head{k}.logits")
         };
-        head_logits.push(linear(&mut g, &tok, &out_name, hw, Some(hb)));
+        head_logits.push(linear(g, &tok, &out_name, hw, Some(hb)));
     }
     let logits = if head_logits.len() == 1 {
         head_logits.remove(0)
@@ -444,11 +521,10 @@ pub(crate) fn build_vit<'b>(
             what: format!("internal: classifier output named '{logits}', not 'logits'"),
         });
     }
-    g.output(&logits, &[batch(), Dim::Fixed(classes)]);
-    Ok(g.finish(opts.opset, env!("CARGO_PKG_VERSION"), &opts.metadata))
+    Ok(logits)
 }
 
-/// Sizes the last block's attention needs.
+/// Sizes of the encoder's attention.
 #[derive(Clone, Copy)]
 struct Dims {
     d: i64,
@@ -640,10 +716,9 @@ fn gelu(g: &mut GraphBuilder<'_>, x: &str, act: Act, name: &str) -> String {
 /// The `[D, 3D]` weight and `[3D]` bias of `com.microsoft.Attention`: columns are
 /// Q, K, V projections (transposed from Linear's `[out, in]`).
 fn packed_qkv(
-    cfg: &VitConfig,
+    d: usize,
     l: &super::weights::LayerWeights<'_>,
 ) -> (Tensor<'static>, Tensor<'static>) {
-    let d = cfg.hidden_size;
     let mut out = vec![0f32; d * 3 * d];
     for (k, t) in [&l.q_w, &l.k_w, &l.v_w].into_iter().enumerate() {
         let vals = t.to_f32();

@@ -198,132 +198,9 @@ impl<'m> VitWeights<'m> {
     ) -> Result<(VitWeights<'m>, Vec<String>)> {
         cfg.validate()?;
         let mut t = TensorTable::new(tensors);
-        let d = cfg.hidden_size;
-        let i_size = cfg.intermediate_size;
-        let p = cfg.patch_size;
-        let c = cfg.num_labels();
-        let n = cfg.num_patches();
         let w = match scheme {
-            Scheme::HfVit | Scheme::HfDeit => {
-                let pre = if scheme == Scheme::HfVit {
-                    "vit"
-                } else {
-                    "deit"
-                };
-                let e = format!("{pre}.embeddings");
-                let dist_token = if scheme == Scheme::HfDeit {
-                    Some(t.get(&format!("{e}.distillation_token"), &[1, 1, d])?)
-                } else {
-                    None
-                };
-                let seq = n + 1 + dist_token.is_some() as usize;
-                let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-                for li in 0..cfg.num_hidden_layers {
-                    let l = format!("{pre}.encoder.layer.{li}");
-                    let a = format!("{l}.attention.attention");
-                    let bias =
-                        |t: &mut TensorTable<'m, 'a>, name: String| -> Result<Option<Tensor<'m>>> {
-                            if cfg.qkv_bias {
-                                t.get(&name, &[d]).map(Some)
-                            } else {
-                                t.get_opt(&name, &[d])
-                            }
-                        };
-                    layers.push(LayerWeights {
-                        ln1_w: t.get(&format!("{l}.layernorm_before.weight"), &[d])?,
-                        ln1_b: t.get(&format!("{l}.layernorm_before.bias"), &[d])?,
-                        q_w: t.get(&format!("{a}.query.weight"), &[d, d])?,
-                        q_b: bias(&mut t, format!("{a}.query.bias"))?,
-                        k_w: t.get(&format!("{a}.key.weight"), &[d, d])?,
-                        k_b: bias(&mut t, format!("{a}.key.bias"))?,
-                        v_w: t.get(&format!("{a}.value.weight"), &[d, d])?,
-                        v_b: bias(&mut t, format!("{a}.value.bias"))?,
-                        o_w: t.get(&format!("{l}.attention.output.dense.weight"), &[d, d])?,
-                        o_b: t.get(&format!("{l}.attention.output.dense.bias"), &[d])?,
-                        ln2_w: t.get(&format!("{l}.layernorm_after.weight"), &[d])?,
-                        ln2_b: t.get(&format!("{l}.layernorm_after.bias"), &[d])?,
-                        fc1_w: t.get(&format!("{l}.intermediate.dense.weight"), &[i_size, d])?,
-                        fc1_b: t.get(&format!("{l}.intermediate.dense.bias"), &[i_size])?,
-                        fc2_w: t.get(&format!("{l}.output.dense.weight"), &[d, i_size])?,
-                        fc2_b: t.get(&format!("{l}.output.dense.bias"), &[d])?,
-                    });
-                }
-                let heads = if scheme == Scheme::HfDeit && t.has("cls_classifier.weight") {
-                    vec![
-                        (
-                            t.get("cls_classifier.weight", &[c, d])?,
-                            t.get("cls_classifier.bias", &[c])?,
-                        ),
-                        (
-                            t.get("distillation_classifier.weight", &[c, d])?,
-                            t.get("distillation_classifier.bias", &[c])?,
-                        ),
-                    ]
-                } else {
-                    vec![(
-                        t.get("classifier.weight", &[c, d])?,
-                        t.get("classifier.bias", &[c])?,
-                    )]
-                };
-                VitWeights {
-                    patch_w: t.get(
-                        &format!("{e}.patch_embeddings.projection.weight"),
-                        &[d, cfg.num_channels, p, p],
-                    )?,
-                    patch_b: t.get(&format!("{e}.patch_embeddings.projection.bias"), &[d])?,
-                    cls_token: t.get(&format!("{e}.cls_token"), &[1, 1, d])?,
-                    dist_token,
-                    pos_embed: t.get(&format!("{e}.position_embeddings"), &[1, seq, d])?,
-                    layers,
-                    final_ln_w: t.get(&format!("{pre}.layernorm.weight"), &[d])?,
-                    final_ln_b: t.get(&format!("{pre}.layernorm.bias"), &[d])?,
-                    heads,
-                }
-            }
-            Scheme::Timm => {
-                let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-                for li in 0..cfg.num_hidden_layers {
-                    let b = format!("blocks.{li}");
-                    let qkv_w = t.get(&format!("{b}.attn.qkv.weight"), &[3 * d, d])?;
-                    let qkv_b_name = format!("{b}.attn.qkv.bias");
-                    let qkv_b = if cfg.qkv_bias {
-                        Some(t.get(&qkv_b_name, &[3 * d])?)
-                    } else {
-                        t.get_opt(&qkv_b_name, &[3 * d])?
-                    };
-                    let part =
-                        |x: &Tensor<'m>, k: usize| -> Tensor<'m> { borrowed_rows(x, k * d, d) };
-                    layers.push(LayerWeights {
-                        ln1_w: t.get(&format!("{b}.norm1.weight"), &[d])?,
-                        ln1_b: t.get(&format!("{b}.norm1.bias"), &[d])?,
-                        q_w: part(&qkv_w, 0),
-                        q_b: qkv_b.as_ref().map(|x| part(x, 0)),
-                        k_w: part(&qkv_w, 1),
-                        k_b: qkv_b.as_ref().map(|x| part(x, 1)),
-                        v_w: part(&qkv_w, 2),
-                        v_b: qkv_b.as_ref().map(|x| part(x, 2)),
-                        o_w: t.get(&format!("{b}.attn.proj.weight"), &[d, d])?,
-                        o_b: t.get(&format!("{b}.attn.proj.bias"), &[d])?,
-                        ln2_w: t.get(&format!("{b}.norm2.weight"), &[d])?,
-                        ln2_b: t.get(&format!("{b}.norm2.bias"), &[d])?,
-                        fc1_w: t.get(&format!("{b}.mlp.fc1.weight"), &[i_size, d])?,
-                        fc1_b: t.get(&format!("{b}.mlp.fc1.bias"), &[i_size])?,
-                        fc2_w: t.get(&format!("{b}.mlp.fc2.weight"), &[d, i_size])?,
-                        fc2_b: t.get(&format!("{b}.mlp.fc2.bias"), &[d])?,
-                    });
-                }
-                VitWeights {
-                    patch_w: t.get("patch_embed.proj.weight", &[d, cfg.num_channels, p, p])?,
-                    patch_b: t.get("patch_embed.proj.bias", &[d])?,
-                    cls_token: t.get("cls_token", &[1, 1, d])?,
-                    dist_token: None,
-                    pos_embed: t.get("pos_embed", &[1, n + 1, d])?,
-                    layers,
-                    final_ln_w: t.get("norm.weight", &[d])?,
-                    final_ln_b: t.get("norm.bias", &[d])?,
-                    heads: vec![(t.get("head.weight", &[c, d])?, t.get("head.bias", &[c])?)],
-                }
-            }
+            Scheme::HfVit | Scheme::HfDeit => Self::hf(cfg, scheme, &mut t)?,
+            Scheme::Timm => Self::timm(cfg, &mut t)?,
         };
         let unused = t.unused();
         // Blocks beyond num_hidden_layers mean config.json and the weights disagree:
@@ -348,6 +225,146 @@ impl<'m> VitWeights<'m> {
             });
         }
         Ok((w, unused))
+    }
+
+    /// The weights of a Hugging Face `ViTForImageClassification` (`vit.`) or DeiT
+    /// (`deit.`, with its distillation token and heads) checkpoint.
+    fn hf<'a>(
+        cfg: &VitConfig,
+        scheme: Scheme,
+        t: &mut TensorTable<'m, 'a>,
+    ) -> Result<VitWeights<'m>> {
+        let d = cfg.hidden_size;
+        let i_size = cfg.intermediate_size;
+        let p = cfg.patch_size;
+        let c = cfg.num_labels();
+        let n = cfg.num_patches();
+
+        let pre = if scheme == Scheme::HfVit {
+            "vit"
+        } else {
+            "deit"
+        };
+        let e = format!("{pre}.embeddings");
+        let dist_token = if scheme == Scheme::HfDeit {
+            Some(t.get(&format!("{e}.distillation_token"), &[1, 1, d])?)
+        } else {
+            None
+        };
+        let seq = n + 1 + dist_token.is_some() as usize;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for li in 0..cfg.num_hidden_layers {
+            let l = format!("{pre}.encoder.layer.{li}");
+            let a = format!("{l}.attention.attention");
+            let bias = |t: &mut TensorTable<'m, 'a>, name: String| -> Result<Option<Tensor<'m>>> {
+                if cfg.qkv_bias {
+                    t.get(&name, &[d]).map(Some)
+                } else {
+                    t.get_opt(&name, &[d])
+                }
+            };
+            layers.push(LayerWeights {
+                ln1_w: t.get(&format!("{l}.layernorm_before.weight"), &[d])?,
+                ln1_b: t.get(&format!("{l}.layernorm_before.bias"), &[d])?,
+                q_w: t.get(&format!("{a}.query.weight"), &[d, d])?,
+                q_b: bias(t, format!("{a}.query.bias"))?,
+                k_w: t.get(&format!("{a}.key.weight"), &[d, d])?,
+                k_b: bias(t, format!("{a}.key.bias"))?,
+                v_w: t.get(&format!("{a}.value.weight"), &[d, d])?,
+                v_b: bias(t, format!("{a}.value.bias"))?,
+                o_w: t.get(&format!("{l}.attention.output.dense.weight"), &[d, d])?,
+                o_b: t.get(&format!("{l}.attention.output.dense.bias"), &[d])?,
+                ln2_w: t.get(&format!("{l}.layernorm_after.weight"), &[d])?,
+                ln2_b: t.get(&format!("{l}.layernorm_after.bias"), &[d])?,
+                fc1_w: t.get(&format!("{l}.intermediate.dense.weight"), &[i_size, d])?,
+                fc1_b: t.get(&format!("{l}.intermediate.dense.bias"), &[i_size])?,
+                fc2_w: t.get(&format!("{l}.output.dense.weight"), &[d, i_size])?,
+                fc2_b: t.get(&format!("{l}.output.dense.bias"), &[d])?,
+            });
+        }
+        let heads = if scheme == Scheme::HfDeit && t.has("cls_classifier.weight") {
+            vec![
+                (
+                    t.get("cls_classifier.weight", &[c, d])?,
+                    t.get("cls_classifier.bias", &[c])?,
+                ),
+                (
+                    t.get("distillation_classifier.weight", &[c, d])?,
+                    t.get("distillation_classifier.bias", &[c])?,
+                ),
+            ]
+        } else {
+            vec![(
+                t.get("classifier.weight", &[c, d])?,
+                t.get("classifier.bias", &[c])?,
+            )]
+        };
+        Ok(VitWeights {
+            patch_w: t.get(
+                &format!("{e}.patch_embeddings.projection.weight"),
+                &[d, cfg.num_channels, p, p],
+            )?,
+            patch_b: t.get(&format!("{e}.patch_embeddings.projection.bias"), &[d])?,
+            cls_token: t.get(&format!("{e}.cls_token"), &[1, 1, d])?,
+            dist_token,
+            pos_embed: t.get(&format!("{e}.position_embeddings"), &[1, seq, d])?,
+            layers,
+            final_ln_w: t.get(&format!("{pre}.layernorm.weight"), &[d])?,
+            final_ln_b: t.get(&format!("{pre}.layernorm.bias"), &[d])?,
+            heads,
+        })
+    }
+
+    /// The weights of a timm `VisionTransformer` checkpoint (one fused qkv Linear per
+    /// block, split here into borrowed row blocks).
+    fn timm<'a>(cfg: &VitConfig, t: &mut TensorTable<'m, 'a>) -> Result<VitWeights<'m>> {
+        let d = cfg.hidden_size;
+        let i_size = cfg.intermediate_size;
+        let p = cfg.patch_size;
+        let c = cfg.num_labels();
+        let n = cfg.num_patches();
+
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for li in 0..cfg.num_hidden_layers {
+            let b = format!("blocks.{li}");
+            let qkv_w = t.get(&format!("{b}.attn.qkv.weight"), &[3 * d, d])?;
+            let qkv_b_name = format!("{b}.attn.qkv.bias");
+            let qkv_b = if cfg.qkv_bias {
+                Some(t.get(&qkv_b_name, &[3 * d])?)
+            } else {
+                t.get_opt(&qkv_b_name, &[3 * d])?
+            };
+            let part = |x: &Tensor<'m>, k: usize| -> Tensor<'m> { borrowed_rows(x, k * d, d) };
+            layers.push(LayerWeights {
+                ln1_w: t.get(&format!("{b}.norm1.weight"), &[d])?,
+                ln1_b: t.get(&format!("{b}.norm1.bias"), &[d])?,
+                q_w: part(&qkv_w, 0),
+                q_b: qkv_b.as_ref().map(|x| part(x, 0)),
+                k_w: part(&qkv_w, 1),
+                k_b: qkv_b.as_ref().map(|x| part(x, 1)),
+                v_w: part(&qkv_w, 2),
+                v_b: qkv_b.as_ref().map(|x| part(x, 2)),
+                o_w: t.get(&format!("{b}.attn.proj.weight"), &[d, d])?,
+                o_b: t.get(&format!("{b}.attn.proj.bias"), &[d])?,
+                ln2_w: t.get(&format!("{b}.norm2.weight"), &[d])?,
+                ln2_b: t.get(&format!("{b}.norm2.bias"), &[d])?,
+                fc1_w: t.get(&format!("{b}.mlp.fc1.weight"), &[i_size, d])?,
+                fc1_b: t.get(&format!("{b}.mlp.fc1.bias"), &[i_size])?,
+                fc2_w: t.get(&format!("{b}.mlp.fc2.weight"), &[d, i_size])?,
+                fc2_b: t.get(&format!("{b}.mlp.fc2.bias"), &[d])?,
+            });
+        }
+        Ok(VitWeights {
+            patch_w: t.get("patch_embed.proj.weight", &[d, cfg.num_channels, p, p])?,
+            patch_b: t.get("patch_embed.proj.bias", &[d])?,
+            cls_token: t.get("cls_token", &[1, 1, d])?,
+            dist_token: None,
+            pos_embed: t.get("pos_embed", &[1, n + 1, d])?,
+            layers,
+            final_ln_w: t.get("norm.weight", &[d])?,
+            final_ln_b: t.get("norm.bias", &[d])?,
+            heads: vec![(t.get("head.weight", &[c, d])?, t.get("head.bias", &[c])?)],
+        })
     }
 }
 
