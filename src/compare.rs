@@ -31,7 +31,7 @@
 //!      `throughput.images_per_s` in percent of the baseline's.
 //! - Overall verdict: fail when any gate fails (a skipped gate never fails).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -1001,15 +1001,6 @@ fn md_code(s: &str) -> String {
             c => c,
         })
         .collect()
-}
-
-/// Paths of the rows right in one run and wrong in the other; for tests and callers
-/// that want sets.
-pub fn flipped_paths(r: &CompareReport) -> (BTreeSet<String>, BTreeSet<String>) {
-    (
-        r.regressions.iter().map(|f| f.path.clone()).collect(),
-        r.fixes.iter().map(|f| f.path.clone()).collect(),
-    )
 }
 
 #[cfg(test)]

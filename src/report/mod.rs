@@ -548,11 +548,6 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     })
 }
 
-/// All formats into the run folder itself (what `score` writes at the end of a run).
-pub fn render_run(run_dir: &Path) -> Result<ReportSummary> {
-    render(&ReportOptions::new(run_dir))
-}
-
 /// Percent with one decimal.
 pub(crate) fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
