@@ -2,8 +2,9 @@
 //!
 //! Why it exists: a CI job (or a person) needs a yes/no answer to "is the candidate
 //! model worse than the baseline on this dataset?", with the evidence. This module
-//! pairs the two runs' prediction rows by `path`, evaluates a fixed set of gates, each
-//! with its own verdict, and writes the result as JSON, a Markdown summary (for CI job
+//! pairs the two runs' prediction rows by `path` and evaluates a fixed set of gates,
+//! each with its own verdict, into a [`CompareReport`]. It decides and does not
+//! present: `report::gate` writes the report as JSON, a Markdown summary (for CI job
 //! summaries) and JUnit XML (one testcase per gate, for CI test reporters).
 //!
 //! Definitions (also in the README):
@@ -329,18 +330,19 @@ fn flip(b: &Row, c: &Row) -> Flip {
     }
 }
 
-fn pct(x: f64) -> String {
+/// A share as a percentage with two decimals.
+pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
 /// A signed change in percentage points, without "-0.00".
-fn signed_pp(x: f64) -> String {
+pub(crate) fn signed_pp(x: f64) -> String {
     let x = if x.abs() < 0.005 { 0.0 } else { x };
     format!("{x:+.2} pp")
 }
 
 /// A p-value for humans.
-fn fmt_p(p: f64) -> String {
+pub(crate) fn fmt_p(p: f64) -> String {
     if p >= 1e-3 {
         format!("{p:.4}")
     } else {
@@ -651,358 +653,6 @@ pub fn compare_runs(
     })
 }
 
-// ---------------------------------------------------------------------------
-// Writers
-
-/// Flips listed in the Markdown summary (all of them are in the JSON).
-pub const MARKDOWN_MAX_FLIPS: usize = 25;
-
-impl CompareReport {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serializes")
-    }
-
-    /// One line for a terminal.
-    pub fn one_line(&self) -> String {
-        let failed: Vec<&str> = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Fail)
-            .map(|g| g.name.as_str())
-            .collect();
-        format!(
-            "{}: top-1 {} → {} ({}), {} right→wrong, {} wrong→right, McNemar p = {}{}",
-            if failed.is_empty() {
-                "PASS".to_string()
-            } else {
-                format!("FAIL ({})", failed.join(", "))
-            },
-            pct(self.accuracy.baseline),
-            pct(self.accuracy.candidate),
-            signed_pp(-self.accuracy.drop_pp),
-            self.mcnemar.b,
-            self.mcnemar.c,
-            fmt_p(self.mcnemar.p_value),
-            if self.coverage.partial {
-                format!(
-                    "; partial: {} common images ({:.1}% coverage)",
-                    self.coverage.matched,
-                    100.0 * self.coverage.fraction
-                )
-            } else {
-                String::new()
-            }
-        )
-    }
-
-    /// Markdown summary, e.g. for `$GITHUB_STEP_SUMMARY`.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::new();
-        let icon = |v: Verdict| match v {
-            Verdict::Pass => "✅ pass",
-            Verdict::Fail => "❌ fail",
-            Verdict::Skipped => "⏭️ skipped",
-        };
-        let _ = writeln!(
-            s,
-            "## vit-batch compare: {}\n",
-            if self.passed() {
-                "✅ PASS"
-            } else {
-                "❌ REGRESSION"
-            }
-        );
-        let _ = writeln!(
-            s,
-            "Baseline `{}` ({}) vs candidate `{}` ({}), {} images compared.\n",
-            md_code(&self.baseline.dir),
-            md_cell(&short_sha(&self.baseline.model_sha256)),
-            md_code(&self.candidate.dir),
-            md_cell(&short_sha(&self.candidate.model_sha256)),
-            self.coverage.compared
-        );
-        if self.coverage.partial {
-            let _ = writeln!(
-                s,
-                "> ⚠️ Partial comparison: {} common images ({:.1}% of all), {} only in the baseline, {} only in the candidate.\n",
-                self.coverage.matched,
-                100.0 * self.coverage.fraction,
-                self.coverage.only_baseline,
-                self.coverage.only_candidate
-            );
-        }
-        if self.coverage.baseline_errors + self.coverage.candidate_errors > 0 {
-            let _ = writeln!(
-                s,
-                "> Failed rows (counted as wrong): {} in the baseline, {} in the candidate.\n",
-                self.coverage.baseline_errors, self.coverage.candidate_errors
-            );
-        }
-        s.push_str("| gate | verdict | rule | observed |\n| --- | --- | --- | --- |\n");
-        for g in &self.gates {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                md_cell(&g.name),
-                icon(g.verdict),
-                md_cell(&g.threshold),
-                md_cell(&g.observed)
-            );
-        }
-        s.push('\n');
-        for g in self.gates.iter().filter(|g| g.verdict == Verdict::Fail) {
-            let _ = writeln!(s, "- **{}**: {}", md_cell(&g.name), md_cell(&g.message));
-        }
-        if !self.passed() {
-            s.push('\n');
-        }
-        let flips = |s: &mut String, title: &str, v: &[Flip]| {
-            if v.is_empty() {
-                return;
-            }
-            let _ = writeln!(s, "### {title} ({})\n", v.len());
-            s.push_str("| image | label | baseline | candidate |\n| --- | --- | --- | --- |\n");
-            let pred = |p: &Option<String>, sc: Option<f32>, e: &Option<String>| match (p, e) {
-                (Some(p), _) => match sc {
-                    Some(sc) => format!("{} ({sc:.2})", md_cell(p)),
-                    None => md_cell(p),
-                },
-                (None, Some(e)) => format!("error: {}", md_cell(e)),
-                (None, None) => "—".into(),
-            };
-            for f in v.iter().take(MARKDOWN_MAX_FLIPS) {
-                let _ = writeln!(
-                    s,
-                    "| `{}` | {} | {} | {} |",
-                    md_code(&f.path),
-                    md_cell(&f.label),
-                    pred(&f.baseline_pred, f.baseline_score, &f.baseline_error),
-                    pred(&f.candidate_pred, f.candidate_score, &f.candidate_error)
-                );
-            }
-            if v.len() > MARKDOWN_MAX_FLIPS {
-                let _ = writeln!(
-                    s,
-                    "\n… and {} more (see the JSON report).",
-                    v.len() - MARKDOWN_MAX_FLIPS
-                );
-            }
-            s.push('\n');
-        };
-        flips(&mut s, "Right → wrong", &self.regressions);
-        flips(&mut s, "Wrong → right", &self.fixes);
-        if !self.per_class.is_empty() {
-            s.push_str("<details><summary>Per-class recall</summary>\n\n");
-            s.push_str(
-                "| class | images | baseline | candidate | change | gated |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
-            );
-            for c in &self.per_class {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    md_cell(&c.class),
-                    c.support,
-                    pct(c.baseline_recall),
-                    pct(c.candidate_recall),
-                    signed_pp(-c.drop_pp),
-                    if c.regressed {
-                        "❌"
-                    } else if c.gated {
-                        "yes"
-                    } else {
-                        "no"
-                    }
-                );
-            }
-            s.push_str("\n</details>\n");
-        }
-        s
-    }
-
-    /// JUnit XML: one `<testcase>` per gate in suite `vit-batch compare`, a `<failure>`
-    /// for a failed gate, `<skipped>` for one that is off.
-    pub fn to_junit(&self) -> String {
-        let n = self.gates.len();
-        let failures = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Fail)
-            .count();
-        let skipped = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Skipped)
-            .count();
-        let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = writeln!(
-            s,
-            "<testsuites name=\"vit-batch compare\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\">"
-        );
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"vit-batch compare\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"0\">"
-        );
-        let _ = writeln!(s, "    <properties>");
-        for (k, v) in [
-            ("baseline", self.baseline.dir.as_str()),
-            ("candidate", self.candidate.dir.as_str()),
-            ("baseline_model_sha256", self.baseline.model_sha256.as_str()),
-            (
-                "candidate_model_sha256",
-                self.candidate.model_sha256.as_str(),
-            ),
-        ] {
-            let _ = writeln!(
-                s,
-                "      <property name=\"{}\" value=\"{}\"/>",
-                xml_escape(k),
-                xml_escape(v)
-            );
-        }
-        let _ = writeln!(s, "    </properties>");
-        for g in &self.gates {
-            let _ = write!(
-                s,
-                "    <testcase classname=\"vit-batch.compare\" name=\"{}\" time=\"0\">",
-                xml_escape(&g.name)
-            );
-            let detail = format!("rule: {}\nobserved: {}", g.threshold, g.observed);
-            match g.verdict {
-                Verdict::Pass => {}
-                Verdict::Skipped => {
-                    let _ = write!(
-                        s,
-                        "\n      <skipped message=\"{}\"/>",
-                        xml_escape(&g.message)
-                    );
-                }
-                Verdict::Fail => {
-                    let mut body = detail.clone();
-                    if g.name == "mcnemar" || g.name == "accuracy" || g.name == "class_recall" {
-                        let _ = write!(body, "\nright → wrong ({}):", self.regressions.len());
-                        for f in self.regressions.iter().take(100) {
-                            let _ = write!(
-                                body,
-                                "\n  {} label={} baseline={} candidate={}",
-                                f.path,
-                                f.label,
-                                f.baseline_pred.as_deref().unwrap_or("error"),
-                                f.candidate_pred.as_deref().unwrap_or("error")
-                            );
-                        }
-                        if self.regressions.len() > 100 {
-                            let _ =
-                                write!(body, "\n  ... and {} more", self.regressions.len() - 100);
-                        }
-                    }
-                    let _ = write!(
-                        s,
-                        "\n      <failure message=\"{}\" type=\"regression\">{}</failure>",
-                        xml_escape(&g.message),
-                        xml_escape(&body)
-                    );
-                }
-            }
-            let _ = writeln!(
-                s,
-                "\n      <system-out>{}</system-out>\n    </testcase>",
-                xml_escape(&format!("{}\n{detail}", g.message))
-            );
-        }
-        s.push_str("  </testsuite>\n</testsuites>\n");
-        s
-    }
-
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_json().as_bytes())
-    }
-    pub fn write_markdown(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_markdown().as_bytes())
-    }
-    pub fn write_junit(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_junit().as_bytes())
-    }
-
-    /// Write the files `opts` asks for (`json`, `markdown`, `junit`).
-    pub fn write_files(&self, opts: &CompareOptions) -> Result<()> {
-        if let Some(p) = &opts.json {
-            self.write_json(p)?;
-        }
-        if let Some(p) = &opts.markdown {
-            self.write_markdown(p)?;
-        }
-        if let Some(p) = &opts.junit {
-            self.write_junit(p)?;
-        }
-        Ok(())
-    }
-}
-
-fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-    }
-    crate::fs::atomic_write_bytes(path, bytes)
-}
-
-fn short_sha(s: &str) -> String {
-    if s.len() > 12 {
-        format!("sha256 {}", &s[..12])
-    } else if s.is_empty() {
-        "model ?".into()
-    } else {
-        format!("sha256 {s}")
-    }
-}
-
-/// Escape text for XML 1.0 content and attribute values. Characters XML 1.0 cannot
-/// carry at all (most C0 controls, U+FFFE/U+FFFF) become U+FFFD.
-pub fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            '\t' | '\n' | '\r' => o.push(ch),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => o.push('\u{FFFD}'),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// Text safe inside a Markdown table cell (pipes, newlines, HTML).
-fn md_cell(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '|' => o.push_str("\\|"),
-            '\n' | '\r' => o.push(' '),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            c if c.is_control() => o.push('\u{FFFD}'),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// Text inside a single-backtick code span in a table cell (no backticks, no pipes).
-fn md_code(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '`' => '\'',
-            '|' => '¦',
-            c if c.is_control() => '\u{FFFD}',
-            c => c,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1040,14 +690,5 @@ mod tests {
                 assert_eq!(p, mcnemar_exact_p(c, b));
             }
         }
-    }
-
-    #[test]
-    fn xml_escape_everything() {
-        assert_eq!(
-            xml_escape("a<b>&\"'\u{1}\n"),
-            "a&lt;b&gt;&amp;&quot;&apos;\u{FFFD}\n"
-        );
-        assert_eq!(md_cell("a|b\nc<x>"), "a\\|b c&lt;x&gt;");
     }
 }

@@ -6,7 +6,7 @@
 //! fetch), and charts and thumbnails embedded as `data:` URIs rather than linked
 //! (the PNGs are also written under `charts/` when the png format is asked for).
 //! Every string that comes from the dataset, the model or the file system (class
-//! names, paths, error messages) goes through [`esc`]: a class folder named
+//! names, paths, error messages) goes through [`escape::html`]: a class folder named
 //! `<script>…` shows up as text. Long lists are capped (failed files) so a run with
 //! 50,000 images and 1,000 classes stays a page a browser opens instantly.
 
@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use super::escape;
 use super::markdown::thousands;
 use super::{charts, pct, Exporter, Format, Output, ReportData, MAX_FAILURES};
 use crate::error::Result;
@@ -30,22 +31,6 @@ impl Exporter for HtmlExporter {
             bytes: page(data, charts).into_bytes(),
         }])
     }
-}
-
-/// Escape text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const CSS: &str = r#"
@@ -123,9 +108,9 @@ fn card(s: &mut String, label: &str, value: &str, note: &str) {
     let _ = write!(
         s,
         "<div class=\"card\"><div class=\"l\">{}</div><div class=\"v\">{}</div><div class=\"l\">{}</div></div>",
-        esc(label),
-        esc(value),
-        esc(note)
+        escape::html(label),
+        escape::html(value),
+        escape::html(note)
     );
 }
 
@@ -134,20 +119,29 @@ fn chart_img(s: &mut String, c: &charts::Chart, id: &str) {
     let _ = write!(
         s,
         "<figure id=\"{id}\"><img class=\"chart\" alt=\"{}\" width=\"{}\" height=\"{}\" src=\"data:image/png;base64,{b64}\"><figcaption>{}. {}</figcaption></figure>",
-        esc(&c.title),
+        escape::html(&c.title),
         c.width,
         c.height,
-        esc(&c.title),
-        esc(&c.caption)
+        escape::html(&c.title),
+        escape::html(&c.caption)
     );
 }
 
 fn num_td(s: &mut String, v: f64, shown: &str) {
-    let _ = write!(s, "<td class=\"n\" data-v=\"{v}\">{}</td>", esc(shown));
+    let _ = write!(
+        s,
+        "<td class=\"n\" data-v=\"{v}\">{}</td>",
+        escape::html(shown)
+    );
 }
 
 fn meta_row(s: &mut String, k: &str, v: &str) {
-    let _ = write!(s, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    let _ = write!(
+        s,
+        "<tr><th>{}</th><td>{}</td></tr>",
+        escape::html(k),
+        escape::html(v)
+    );
 }
 
 /// The whole page.
@@ -163,7 +157,7 @@ pub fn page(data: &ReportData, charts: &charts::Charts) -> String {
 <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>vit-batch report: {}</title><style>{CSS}</style></head><body>\n",
-        esc(&run.model)
+        escape::html(&run.model)
     );
     // Header and summary.
     let _ = write!(
@@ -171,8 +165,8 @@ pub fn page(data: &ReportData, charts: &charts::Charts) -> String {
         "<header><h1>vit-batch evaluation report</h1><div class=\"mut\">Model <b>{}</b> on <b>{}</b></div>\
 <nav><a href=\"#summary\">Summary</a><a href=\"#confusion\">Confusion</a><a href=\"#per-class\">Per class</a>\
 <a href=\"#calibration\">Calibration</a><a href=\"#mistakes\">Hardest mistakes</a><a href=\"#failures\">Failures</a><a href=\"#run\">Run</a></nav></header>",
-        esc(&run.model),
-        esc(&run.data_dir)
+        escape::html(&run.model),
+        escape::html(&run.data_dir)
     );
     s.push_str("\n<section id=\"summary\"><h2>Summary</h2><div class=\"cards\">");
     let ci = |x: Option<super::Interval>| match x {
@@ -224,7 +218,12 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         super::BOOTSTRAP_RESAMPLES
     );
     if !run.label_mapping.unmapped.is_empty() {
-        let names: Vec<String> = run.label_mapping.unmapped.iter().map(|u| esc(u)).collect();
+        let names: Vec<String> = run
+            .label_mapping
+            .unmapped
+            .iter()
+            .map(|u| escape::html(u))
+            .collect();
         let _ = write!(
             s,
             "<p class=\"bad\">Class folders matching no model label (scored, not in accuracy): {}</p>",
@@ -234,7 +233,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
     if !run.warnings.is_empty() || data.row_warnings > 0 {
         s.push_str("<h3>Warnings</h3><ul>");
         for w in &run.warnings {
-            let _ = write!(s, "<li>{}</li>", esc(w));
+            let _ = write!(s, "<li>{}</li>", escape::html(w));
         }
         if data.row_warnings > 0 {
             let _ = write!(
@@ -276,8 +275,8 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let _ = write!(
                 s,
                 "<tr><td>{}</td><td>{}</td>",
-                esc(&p.true_label),
-                esc(&p.pred_label)
+                escape::html(&p.true_label),
+                escape::html(&p.pred_label)
             );
             num_td(&mut s, p.count as f64, &thousands(p.count));
             num_td(&mut s, p.share, &pct(p.share));
@@ -299,7 +298,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
     );
     s.push_str("<div class=\"scroll\"><table class=\"sortable\" id=\"per-class-table\"><thead><tr><th>Class</th><th class=\"n\">Id</th><th class=\"n\">Precision</th><th class=\"n\">Recall</th><th class=\"n\">F1</th><th class=\"n\">Support</th><th class=\"n\">Predicted</th></tr></thead><tbody>");
     for cs in &m.per_class {
-        let _ = write!(s, "<tr><td>{}</td>", esc(&cs.class));
+        let _ = write!(s, "<tr><td>{}</td>", escape::html(&cs.class));
         num_td(&mut s, cs.id as f64, &cs.id.to_string());
         num_td(&mut s, cs.precision, &format!("{:.4}", cs.precision));
         num_td(&mut s, cs.recall, &format!("{:.4}", cs.recall));
@@ -364,7 +363,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         let _ = write!(
             s,
             "<p class=\"mut\">{missing} thumbnail(s) could not be made from the source files under {} (the reason is on each card).</p>",
-            esc(&run.data_dir)
+            escape::html(&run.data_dir)
         );
     }
     s.push_str("<div class=\"grid\">");
@@ -375,14 +374,14 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
                 let _ = write!(
                     s,
                     "<img alt=\"{}\" src=\"data:image/jpeg;base64,{b}\">",
-                    esc(&x.path)
+                    escape::html(&x.path)
                 );
             }
             None => {
                 let _ = write!(
                     s,
                     "<div class=\"thumb-missing\">no thumbnail: {}</div>",
-                    esc(x.thumb_note.as_deref().unwrap_or(""))
+                    escape::html(x.thumb_note.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -390,7 +389,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let _ = write!(
                 s,
                 "<img class=\"rollout\" alt=\"attention rollout of {}\" title=\"attention rollout (the model's view, after resize and crop)\" src=\"data:image/jpeg;base64,{b}\">",
-                esc(&x.path)
+                escape::html(&x.path)
             );
         }
         let rank = match x.true_rank {
@@ -400,11 +399,11 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         let _ = write!(
             s,
             "<div>true <b>{}</b></div><div>pred <b class=\"bad\">{}</b> ({:.3})</div><div class=\"mut\">{}</div><div class=\"mut\">{}</div></div>",
-            esc(&x.label),
-            esc(&x.pred),
+            escape::html(&x.label),
+            escape::html(&x.pred),
             x.score,
-            esc(&rank),
-            esc(&x.path)
+            escape::html(&rank),
+            escape::html(&x.path)
         );
     }
     s.push_str("</div>");
@@ -445,9 +444,9 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let _ = write!(
                 s,
                 "<tr><td class=\"path\">{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&f.path),
-                esc(&f.label),
-                esc(&f.error)
+                escape::html(&f.path),
+                escape::html(&f.label),
+                escape::html(&f.error)
             );
         }
         s.push_str("</tbody></table></div>");
@@ -508,17 +507,4 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
     s.push_str("</table></section>\n");
     let _ = writeln!(s, "<script>{SCRIPT}</script></body></html>");
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc("<script>alert(\"x\")</script> & 'y'"),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
-        );
-    }
 }

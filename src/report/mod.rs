@@ -17,10 +17,16 @@
 //! - `markdown.rs`: `report.md`, a short summary for CI job summaries / PR comments;
 //! - `json.rs`: `report.json`, the machine-readable summary.
 //!
+//! Beside them: `gate.rs` renders the regression gate's report (`vit-batch
+//! compare`) as JSON, Markdown and JUnit the same way, and `escape.rs` is the one
+//! place user data is escaped for HTML, Markdown and XML.
+//!
 //! Every output is a pure function of the run folder: no timestamps, seeded
 //! resampling, stable orderings, so two renders of one run are byte-identical.
 
 pub mod charts;
+pub(crate) mod escape;
+pub(crate) mod gate;
 pub mod html;
 pub mod json;
 pub mod markdown;
@@ -533,11 +539,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let mut files = Vec::with_capacity(outputs.len());
     for o in outputs {
-        let dest = out_dir.join(&o.rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        crate::fs::atomic_write_bytes(&dest, &o.bytes)?;
+        write_file(&out_dir.join(&o.rel), &o.bytes)?;
         files.push(o.rel);
     }
     Ok(ReportSummary {
@@ -546,6 +548,15 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
         rows: rows.len(),
         classes: data.metrics().per_class.len(),
     })
+}
+
+/// The one way the report and the gate write a file: its parent folders are
+/// created, then the file is written atomically (temporary file + rename).
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    crate::fs::atomic_write_bytes(path, bytes)
 }
 
 /// Percent with one decimal.
@@ -593,7 +604,10 @@ mod tests {
     fn formats_parse() {
         use clap::ValueEnum;
         assert_eq!(Format::from_str("MD", true).unwrap(), Format::Markdown);
-        assert_eq!(Format::from_str("markdown", false).unwrap(), Format::Markdown);
+        assert_eq!(
+            Format::from_str("markdown", false).unwrap(),
+            Format::Markdown
+        );
         assert_eq!(Format::from_str("png", false).unwrap(), Format::Png);
         assert!(Format::from_str("pdf", false).unwrap_err().contains("pdf"));
         let t: std::collections::BTreeMap<String, Vec<Format>> =
