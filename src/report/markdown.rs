@@ -14,9 +14,10 @@ use super::{charts, pct, pct_ci, Exporter, Format, Output, ReportData};
 use crate::error::Result;
 
 /// Items in each short list (confusions, classes, failures).
-pub const MD_ITEMS: usize = 5;
+pub(crate) const MD_ITEMS: usize = 5;
 
-pub struct MarkdownExporter;
+/// The `md` format: `report.md`.
+pub(crate) struct MarkdownExporter;
 
 impl Exporter for MarkdownExporter {
     fn format(&self) -> Format {
@@ -43,7 +44,8 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
-pub fn markdown(data: &ReportData) -> String {
+/// The text of `report.md`.
+pub(crate) fn markdown(data: &ReportData) -> String {
     let m = data.metrics();
     let run = &data.file.run;
     let c = &m.counts;
