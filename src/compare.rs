@@ -2,8 +2,9 @@
 //!
 //! Why it exists: a CI job (or a person) needs a yes/no answer to "is the candidate
 //! model worse than the baseline on this dataset?", with the evidence. This module
-//! pairs the two runs' prediction rows by `path`, evaluates a fixed set of gates, each
-//! with its own verdict, and writes the result as JSON, a Markdown summary (for CI job
+//! pairs the two runs' prediction rows by `path` and evaluates a fixed set of gates,
+//! each with its own verdict, into a [`CompareReport`]. It decides and does not
+//! present: `report::gate` writes the report as JSON, a Markdown summary (for CI job
 //! summaries) and JUnit XML (one testcase per gate, for CI test reporters).
 //!
 //! Definitions (also in the README):
@@ -31,7 +32,7 @@
 //!      `throughput.images_per_s` in percent of the baseline's.
 //! - Overall verdict: fail when any gate fails (a skipped gate never fails).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -44,18 +45,22 @@ use crate::run::{MetricsFile, Run};
 /// Slack for float noise when comparing a drop with its allowance.
 const EPS: f64 = 1e-9;
 
-pub use crate::options::CompareOptions;
+use crate::options::CompareOptions;
 
+/// A gate's (or the whole comparison's) outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Within the allowance.
     Pass,
+    /// Beyond the allowance (overall: some gate failed).
     Fail,
     /// The gate is off (or had nothing to evaluate); never fails the overall verdict.
     Skipped,
 }
 
 impl Verdict {
+    /// `pass`, `fail` or `skipped`, as in the JSON report.
     pub fn as_str(&self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
@@ -70,6 +75,7 @@ impl Verdict {
 pub struct Gate {
     /// `accuracy`, `class_recall`, `mcnemar` or `throughput`.
     pub name: String,
+    /// Whether it passed.
     pub verdict: Verdict,
     /// The rule, e.g. "drop <= 0.50 pp".
     pub threshold: String,
@@ -82,14 +88,19 @@ pub struct Gate {
 /// Where a run came from (from its `metrics.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The run folder.
     pub dir: String,
+    /// The model as given to `score`.
     pub model: String,
+    /// SHA-256 of the model file.
     pub model_sha256: String,
+    /// The scored dataset.
     pub data_dir: String,
     /// Rows in `predictions.parquet`.
     pub rows: u64,
     /// `top1` as recorded in `metrics.json` (over all its evaluated rows).
     pub recorded_top1: f64,
+    /// `throughput.images_per_s` of `metrics.json`.
     pub images_per_s: f64,
 }
 
@@ -100,15 +111,19 @@ pub struct Coverage {
     pub matched: u64,
     /// Matched paths with a mapped label in both runs (the compared images).
     pub compared: u64,
+    /// Paths only in the baseline.
     pub only_baseline: u64,
+    /// Paths only in the candidate.
     pub only_candidate: u64,
-    /// Up to 10 examples of each.
+    /// Up to 10 examples of paths only in the baseline.
     pub only_baseline_examples: Vec<String>,
+    /// Up to 10 examples of paths only in the candidate.
     pub only_candidate_examples: Vec<String>,
     /// Matched paths without a mapped label in at least one run (not compared).
     pub unmapped: u64,
-    /// Compared rows that failed (status error) in each run; they count as wrong.
+    /// Compared rows that failed (status error) in the baseline; they count as wrong.
     pub baseline_errors: u64,
+    /// Compared rows that failed in the candidate; they count as wrong.
     pub candidate_errors: u64,
     /// `matched` / paths in either run.
     pub fraction: f64,
@@ -116,36 +131,48 @@ pub struct Coverage {
     pub partial: bool,
 }
 
+/// Top-1 accuracy of both runs over the compared images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
+    /// Baseline top-1 accuracy (0..=1).
     pub baseline: f64,
+    /// Candidate top-1 accuracy (0..=1).
     pub candidate: f64,
     /// baseline − candidate, in percentage points (positive = worse).
     pub drop_pp: f64,
+    /// Compared images right in the baseline.
     pub baseline_right: u64,
+    /// Compared images right in the candidate.
     pub candidate_right: u64,
+    /// Compared images.
     pub compared: u64,
 }
 
+/// McNemar's exact test on the images whose correctness changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct McNemar {
     /// Right in the baseline only (regressions).
     pub b: u64,
     /// Right in the candidate only (fixes).
     pub c: u64,
+    /// Two-sided exact p-value ([`mcnemar_exact_p`]).
     pub p_value: f64,
+    /// The significance level the gate used.
     pub alpha: f64,
     /// The variant used, spelled out.
     pub test: String,
 }
 
+/// Recall of one class in both runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassDelta {
     /// Class folder name.
     pub class: String,
     /// Compared images of the class.
     pub support: u64,
+    /// Recall in the baseline (0..=1).
     pub baseline_recall: f64,
+    /// Recall in the candidate (0..=1).
     pub candidate_recall: f64,
     /// baseline − candidate, in percentage points (positive = worse).
     pub drop_pp: f64,
@@ -158,31 +185,47 @@ pub struct ClassDelta {
 /// An image whose correctness changed between the runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
+    /// Image path, relative to the dataset folder.
     pub path: String,
+    /// Its class folder.
     pub label: String,
-    /// Predicted label; None when the row failed.
+    /// Baseline's predicted label; None when the row failed.
     pub baseline_pred: Option<String>,
+    /// Candidate's predicted label; None when the row failed.
     pub candidate_pred: Option<String>,
+    /// Baseline's top-1 score.
     pub baseline_score: Option<f32>,
+    /// Candidate's top-1 score.
     pub candidate_score: Option<f32>,
-    /// The failure message of a row that errored.
+    /// The failure message of a baseline row that errored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_error: Option<String>,
+    /// The failure message of a candidate row that errored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate_error: Option<String>,
 }
 
-/// Everything `compare` found; `verdict` is the overall one.
+/// Everything `compare` found; `verdict` is the overall one. `report::gate` writes
+/// it out ([`CompareReport::write_files`], [`CompareReport::one_line`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompareReport {
+    /// Fail when any gate failed.
     pub verdict: Verdict,
+    /// Every gate, in a fixed order (accuracy, class_recall, mcnemar, throughput).
     pub gates: Vec<Gate>,
+    /// The options compared with.
     pub options: CompareOptions,
+    /// The baseline run.
     pub baseline: RunSummary,
+    /// The candidate run.
     pub candidate: RunSummary,
+    /// How the image sets overlap.
     pub coverage: Coverage,
+    /// Top-1 accuracy of both runs.
     pub accuracy: Accuracy,
+    /// McNemar's test.
     pub mcnemar: McNemar,
+    /// Recall per class (sorted by class).
     pub per_class: Vec<ClassDelta>,
     /// Right in the baseline, wrong in the candidate (sorted by path).
     pub regressions: Vec<Flip>,
@@ -191,17 +234,14 @@ pub struct CompareReport {
 }
 
 impl CompareReport {
+    /// True unless the overall verdict is fail.
     pub fn passed(&self) -> bool {
         self.verdict != Verdict::Fail
-    }
-
-    pub fn gate(&self, name: &str) -> Option<&Gate> {
-        self.gates.iter().find(|g| g.name == name)
     }
 }
 
 /// Name of McNemar's variant, recorded in every report.
-pub const MCNEMAR_VARIANT: &str = "McNemar exact test: two-sided binomial, p = min(1, 2*P(X <= min(b,c))), X ~ Bin(b+c, 0.5) (statsmodels mcnemar(exact=True))";
+pub(crate) const MCNEMAR_VARIANT: &str = "McNemar exact test: two-sided binomial, p = min(1, 2*P(X <= min(b,c))), X ~ Bin(b+c, 0.5) (statsmodels mcnemar(exact=True))";
 
 /// Two-sided exact McNemar p-value for discordant counts `b` and `c`:
 /// `min(1, 2 · BinomCDF(min(b, c); b + c, 1/2))`, as statsmodels'
@@ -267,14 +307,14 @@ impl Neumaier {
 }
 
 /// A run folder read back.
-pub struct LoadedRun {
-    pub dir: PathBuf,
-    pub metrics: MetricsFile,
-    pub rows: Vec<Row>,
+pub(crate) struct LoadedRun {
+    pub(crate) dir: PathBuf,
+    pub(crate) metrics: MetricsFile,
+    pub(crate) rows: Vec<Row>,
 }
 
 /// Read `metrics.json` and `predictions.parquet` of a run folder.
-pub fn load_run(p: &Path, which: &str) -> Result<LoadedRun> {
+pub(crate) fn load_run(p: &Path, which: &str) -> Result<LoadedRun> {
     let wrap = |e: Error| Error::Compare {
         what: format!("{which} run: {e}"),
     };
@@ -299,10 +339,11 @@ fn summary(r: &LoadedRun) -> RunSummary {
     }
 }
 
-fn index(rows: &[Row], which: &str) -> Result<BTreeMap<String, usize>> {
+/// Row index of each path; a path listed twice is an error.
+fn index<'a>(rows: &'a [Row], which: &str) -> Result<BTreeMap<&'a str, usize>> {
     let mut m = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
-        if m.insert(r.path.clone(), i).is_some() {
+        if m.insert(r.path.as_str(), i).is_some() {
             return Err(Error::Compare {
                 what: format!("{which} run lists image {} twice", r.path),
             });
@@ -329,18 +370,19 @@ fn flip(b: &Row, c: &Row) -> Flip {
     }
 }
 
-fn pct(x: f64) -> String {
+/// A share as a percentage with two decimals.
+pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
 /// A signed change in percentage points, without "-0.00".
-fn signed_pp(x: f64) -> String {
+pub(crate) fn signed_pp(x: f64) -> String {
     let x = if x.abs() < 0.005 { 0.0 } else { x };
     format!("{x:+.2} pp")
 }
 
 /// A p-value for humans.
-fn fmt_p(p: f64) -> String {
+pub(crate) fn fmt_p(p: f64) -> String {
     if p >= 1e-3 {
         format!("{p:.4}")
     } else {
@@ -359,75 +401,159 @@ pub fn compare(opts: &CompareOptions) -> Result<CompareReport> {
     compare_runs(opts, &base, &cand)
 }
 
-/// [`compare`] on runs already in memory.
-pub fn compare_runs(
+/// [`compare`] on runs already in memory, step by step: pair the rows by path,
+/// count them, then derive coverage, accuracy, per-class recall and the gates.
+pub(crate) fn compare_runs(
     opts: &CompareOptions,
     base: &LoadedRun,
     cand: &LoadedRun,
 ) -> Result<CompareReport> {
     opts.validate()?;
+    let aligned = align(base, cand, opts.allow_partial)?;
+    let tally = tally(&aligned)?;
+    let coverage = coverage(&aligned, &tally);
+    let accuracy = accuracy(&tally);
+    let per_class = class_deltas(&tally.classes, opts);
+    let (b, c) = (tally.regressions.len() as u64, tally.fixes.len() as u64);
+    let mcnemar = McNemar {
+        b,
+        c,
+        p_value: mcnemar_exact_p(b, c),
+        alpha: opts.alpha,
+        test: MCNEMAR_VARIANT.into(),
+    };
+    let gates = vec![
+        accuracy_gate(&accuracy, opts),
+        class_recall_gate(&per_class, opts),
+        mcnemar_gate(&mcnemar),
+        throughput_gate(
+            base.metrics.throughput.images_per_s,
+            cand.metrics.throughput.images_per_s,
+            opts.max_throughput_drop_pct,
+        ),
+    ];
+    let verdict = if gates.iter().any(|g| g.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    };
+    Ok(CompareReport {
+        verdict,
+        gates,
+        options: opts.clone(),
+        baseline: summary(base),
+        candidate: summary(cand),
+        coverage,
+        accuracy,
+        mcnemar,
+        per_class,
+        regressions: tally.regressions,
+        fixes: tally.fixes,
+    })
+}
+
+/// The two runs' rows paired by path.
+struct Aligned<'a> {
+    /// (baseline, candidate) rows of every path in both runs, sorted by path.
+    pairs: Vec<(&'a Row, &'a Row)>,
+    /// Paths only in the baseline, sorted.
+    only_baseline: Vec<&'a str>,
+    /// Paths only in the candidate, sorted.
+    only_candidate: Vec<&'a str>,
+    /// Paths in either run.
+    union: u64,
+}
+
+/// Pair the rows by path; differing image sets are an error unless `allow_partial`.
+fn align<'a>(base: &'a LoadedRun, cand: &'a LoadedRun, allow_partial: bool) -> Result<Aligned<'a>> {
     let bi = index(&base.rows, "baseline")?;
     let ci = index(&cand.rows, "candidate")?;
-    let only_b: Vec<&String> = bi.keys().filter(|p| !ci.contains_key(*p)).collect();
-    let only_c: Vec<&String> = ci.keys().filter(|p| !bi.contains_key(*p)).collect();
-    let examples = |v: &[&String]| v.iter().take(10).map(|s| s.to_string()).collect::<Vec<_>>();
-    if (!only_b.is_empty() || !only_c.is_empty()) && !opts.allow_partial {
+    let only_baseline: Vec<&str> = bi.keys().copied().filter(|p| !ci.contains_key(p)).collect();
+    let only_candidate: Vec<&str> = ci.keys().copied().filter(|p| !bi.contains_key(p)).collect();
+    if (!only_baseline.is_empty() || !only_candidate.is_empty()) && !allow_partial {
         let mut what = format!(
             "the runs scored different images: {} only in the baseline, {} only in the candidate",
-            only_b.len(),
-            only_c.len()
+            only_baseline.len(),
+            only_candidate.len()
         );
-        if let Some(p) = only_b.first() {
+        if let Some(p) = only_baseline.first() {
             let _ = write!(what, " (e.g. baseline only: {p})");
         }
-        if let Some(p) = only_c.first() {
+        if let Some(p) = only_candidate.first() {
             let _ = write!(what, " (e.g. candidate only: {p})");
         }
         what.push_str("; pass --allow-partial to compare the common images");
         return Err(Error::Compare { what });
     }
+    let pairs = bi
+        .iter()
+        .filter_map(|(path, &i)| ci.get(path).map(|&j| (&base.rows[i], &cand.rows[j])))
+        .collect();
+    Ok(Aligned {
+        pairs,
+        union: bi.len() as u64 + only_candidate.len() as u64,
+        only_baseline,
+        only_candidate,
+    })
+}
 
-    let mut matched = 0u64;
-    let mut unmapped = 0u64;
-    let (mut b_err, mut c_err) = (0u64, 0u64);
-    let (mut b_right, mut c_right, mut compared) = (0u64, 0u64, 0u64);
-    // class -> (support, baseline right, candidate right)
-    let mut classes: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-    let mut regressions = vec![];
-    let mut fixes = vec![];
-    for (path, &i) in &bi {
-        let Some(&j) = ci.get(path) else { continue };
-        matched += 1;
-        let (b, c) = (&base.rows[i], &cand.rows[j]);
+/// Compared images of one class and how many each run got right.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClassTally {
+    support: u64,
+    baseline_right: u64,
+    candidate_right: u64,
+}
+
+/// The counts every later step derives from.
+#[derive(Default)]
+struct Tally {
+    unmapped: u64,
+    compared: u64,
+    baseline_errors: u64,
+    candidate_errors: u64,
+    baseline_right: u64,
+    candidate_right: u64,
+    classes: BTreeMap<String, ClassTally>,
+    regressions: Vec<Flip>,
+    fixes: Vec<Flip>,
+}
+
+/// Count the paired rows: a label that changed is an error (the data changed under
+/// the gate), and so is having nothing to compare.
+fn tally(a: &Aligned) -> Result<Tally> {
+    let mut t = Tally::default();
+    for &(b, c) in &a.pairs {
         if b.label != c.label {
             return Err(Error::Compare {
                 what: format!(
-                    "image {path} has label '{}' in the baseline but '{}' in the candidate: the dataset changed",
-                    b.label, c.label
+                    "image {} has label '{}' in the baseline but '{}' in the candidate: the dataset changed",
+                    b.path, b.label, c.label
                 ),
             });
         }
         if b.label_id.is_none() || c.label_id.is_none() {
-            unmapped += 1;
+            t.unmapped += 1;
             continue;
         }
-        compared += 1;
-        b_err += (b.status == Status::Error) as u64;
-        c_err += (c.status == Status::Error) as u64;
+        t.compared += 1;
+        t.baseline_errors += (b.status == Status::Error) as u64;
+        t.candidate_errors += (c.status == Status::Error) as u64;
         let (rb, rc) = (right(b), right(c));
-        b_right += rb as u64;
-        c_right += rc as u64;
-        let e = classes.entry(b.label.clone()).or_default();
-        e.0 += 1;
-        e.1 += rb as u64;
-        e.2 += rc as u64;
+        t.baseline_right += rb as u64;
+        t.candidate_right += rc as u64;
+        let e = t.classes.entry(b.label.clone()).or_default();
+        e.support += 1;
+        e.baseline_right += rb as u64;
+        e.candidate_right += rc as u64;
         match (rb, rc) {
-            (true, false) => regressions.push(flip(b, c)),
-            (false, true) => fixes.push(flip(b, c)),
+            (true, false) => t.regressions.push(flip(b, c)),
+            (false, true) => t.fixes.push(flip(b, c)),
             _ => {}
         }
     }
-    if compared == 0 {
+    if t.compared == 0 {
+        let matched = a.pairs.len();
         return Err(Error::Compare {
             what: if matched == 0 {
                 "the runs have no image in common".to_string()
@@ -436,82 +562,97 @@ pub fn compare_runs(
             },
         });
     }
-    let union = bi.len() as u64 + only_c.len() as u64;
-    let coverage = Coverage {
-        matched,
-        compared,
-        only_baseline: only_b.len() as u64,
-        only_candidate: only_c.len() as u64,
-        only_baseline_examples: examples(&only_b),
-        only_candidate_examples: examples(&only_c),
-        unmapped,
-        baseline_errors: b_err,
-        candidate_errors: c_err,
-        fraction: matched as f64 / union as f64,
-        partial: !only_b.is_empty() || !only_c.is_empty(),
-    };
-    let acc_b = b_right as f64 / compared as f64;
-    let acc_c = c_right as f64 / compared as f64;
-    let accuracy = Accuracy {
-        baseline: acc_b,
-        candidate: acc_c,
-        drop_pp: 100.0 * (acc_b - acc_c),
-        baseline_right: b_right,
-        candidate_right: c_right,
-        compared,
-    };
+    Ok(t)
+}
 
-    let mut gates = vec![];
-    // 1. accuracy
-    let acc_fail = accuracy.drop_pp > opts.max_accuracy_drop_pp + EPS;
-    gates.push(Gate {
+fn coverage(a: &Aligned, t: &Tally) -> Coverage {
+    let examples = |v: &[&str]| v.iter().take(10).map(|s| s.to_string()).collect();
+    let matched = a.pairs.len() as u64;
+    Coverage {
+        matched,
+        compared: t.compared,
+        only_baseline: a.only_baseline.len() as u64,
+        only_candidate: a.only_candidate.len() as u64,
+        only_baseline_examples: examples(&a.only_baseline),
+        only_candidate_examples: examples(&a.only_candidate),
+        unmapped: t.unmapped,
+        baseline_errors: t.baseline_errors,
+        candidate_errors: t.candidate_errors,
+        fraction: matched as f64 / a.union as f64,
+        partial: !a.only_baseline.is_empty() || !a.only_candidate.is_empty(),
+    }
+}
+
+fn accuracy(t: &Tally) -> Accuracy {
+    let baseline = t.baseline_right as f64 / t.compared as f64;
+    let candidate = t.candidate_right as f64 / t.compared as f64;
+    Accuracy {
+        baseline,
+        candidate,
+        drop_pp: 100.0 * (baseline - candidate),
+        baseline_right: t.baseline_right,
+        candidate_right: t.candidate_right,
+        compared: t.compared,
+    }
+}
+
+/// Recall of each class in both runs, and whether it is gated and regressed.
+fn class_deltas(classes: &BTreeMap<String, ClassTally>, opts: &CompareOptions) -> Vec<ClassDelta> {
+    classes
+        .iter()
+        .map(|(class, t)| {
+            let n = t.support;
+            let br = t.baseline_right as f64 / n as f64;
+            let cr = t.candidate_right as f64 / n as f64;
+            let drop_pp = 100.0 * (br - cr);
+            let gated = n >= opts.min_class_support;
+            ClassDelta {
+                class: class.clone(),
+                support: n,
+                baseline_recall: br,
+                candidate_recall: cr,
+                drop_pp,
+                gated,
+                regressed: gated && drop_pp > opts.max_class_recall_drop_pp + EPS,
+            }
+        })
+        .collect()
+}
+
+/// Gate 1, `accuracy`: the top-1 accuracy drop.
+fn accuracy_gate(a: &Accuracy, opts: &CompareOptions) -> Gate {
+    let fail = a.drop_pp > opts.max_accuracy_drop_pp + EPS;
+    Gate {
         name: "accuracy".into(),
-        verdict: if acc_fail {
-            Verdict::Fail
-        } else {
-            Verdict::Pass
-        },
+        verdict: if fail { Verdict::Fail } else { Verdict::Pass },
         threshold: format!("top-1 drop ≤ {:.2} pp", opts.max_accuracy_drop_pp),
         observed: format!(
             "{} → {} ({}) on {} images",
-            pct(acc_b),
-            pct(acc_c),
-            signed_pp(-accuracy.drop_pp),
-            compared
+            pct(a.baseline),
+            pct(a.candidate),
+            signed_pp(-a.drop_pp),
+            a.compared
         ),
-        message: if acc_fail {
+        message: if fail {
             format!(
                 "top-1 accuracy dropped by {:.2} pp, more than the allowed {:.2} pp",
-                accuracy.drop_pp, opts.max_accuracy_drop_pp
+                a.drop_pp, opts.max_accuracy_drop_pp
             )
         } else {
             "top-1 accuracy is within the allowed drop".into()
         },
-    });
-
-    // 2. per-class recall
-    let mut per_class = vec![];
-    for (class, &(n, rb, rc)) in &classes {
-        let br = rb as f64 / n as f64;
-        let cr = rc as f64 / n as f64;
-        let drop_pp = 100.0 * (br - cr);
-        let gated = n >= opts.min_class_support;
-        per_class.push(ClassDelta {
-            class: class.clone(),
-            support: n,
-            baseline_recall: br,
-            candidate_recall: cr,
-            drop_pp,
-            gated,
-            regressed: gated && drop_pp > opts.max_class_recall_drop_pp + EPS,
-        });
     }
+}
+
+/// Gate 2, `class_recall`: the per-class recall drop over the gated classes
+/// (skipped when there are none).
+fn class_recall_gate(per_class: &[ClassDelta], opts: &CompareOptions) -> Gate {
     let gated: Vec<&ClassDelta> = per_class.iter().filter(|c| c.gated).collect();
     let regressed: Vec<&ClassDelta> = gated.iter().copied().filter(|c| c.regressed).collect();
     let worst = gated
         .iter()
         .max_by(|a, b| a.drop_pp.total_cmp(&b.drop_pp).then(b.class.cmp(&a.class)));
-    gates.push(Gate {
+    Gate {
         name: "class_recall".into(),
         verdict: if gated.is_empty() {
             Verdict::Skipped
@@ -554,25 +695,22 @@ pub fn compare_runs(
                     .join(", ")
             )
         },
-    });
+    }
+}
 
-    // 3. McNemar
-    let (b, c) = (regressions.len() as u64, fixes.len() as u64);
-    let p = mcnemar_exact_p(b, c);
-    let mc_fail = c < b && p < opts.alpha;
-    gates.push(Gate {
+/// Gate 3, `mcnemar`: fails when the candidate is significantly worse.
+fn mcnemar_gate(m: &McNemar) -> Gate {
+    let (b, c, p, alpha) = (m.b, m.c, m.p_value, m.alpha);
+    let fail = c < b && p < alpha;
+    Gate {
         name: "mcnemar".into(),
-        verdict: if mc_fail { Verdict::Fail } else { Verdict::Pass },
-        threshold: format!("fails if c < b and p < {}", opts.alpha),
-        observed: format!(
-            "b = {b} right→wrong, c = {c} wrong→right, p = {}",
-            fmt_p(p)
-        ),
-        message: if mc_fail {
+        verdict: if fail { Verdict::Fail } else { Verdict::Pass },
+        threshold: format!("fails if c < b and p < {alpha}"),
+        observed: format!("b = {b} right→wrong, c = {c} wrong→right, p = {}", fmt_p(p)),
+        message: if fail {
             format!(
-                "the candidate is significantly worse: {b} images became wrong, {c} became right (McNemar exact p = {} < {})",
-                fmt_p(p),
-                opts.alpha
+                "the candidate is significantly worse: {b} images became wrong, {c} became right (McNemar exact p = {} < {alpha})",
+                fmt_p(p)
             )
         } else if b + c == 0 {
             "no image changed correctness".into()
@@ -580,26 +718,17 @@ pub fn compare_runs(
             format!("{c} images became right, {b} became wrong: no regression")
         } else {
             format!(
-                "{b} images became wrong, {c} became right: not significant (p = {} ≥ {})",
-                fmt_p(p),
-                opts.alpha
+                "{b} images became wrong, {c} became right: not significant (p = {} ≥ {alpha})",
+                fmt_p(p)
             )
         },
-    });
-    let mcnemar = McNemar {
-        b,
-        c,
-        p_value: p,
-        alpha: opts.alpha,
-        test: MCNEMAR_VARIANT.into(),
-    };
+    }
+}
 
-    // 4. throughput
-    let (tb, tc) = (
-        base.metrics.throughput.images_per_s,
-        cand.metrics.throughput.images_per_s,
-    );
-    gates.push(match opts.max_throughput_drop_pct {
+/// Gate 4, `throughput`: the candidate's (`tc` images/s) drop from the baseline's
+/// (`tb`); off unless `max_drop_pct` is set.
+fn throughput_gate(tb: f64, tc: f64, max_drop_pct: Option<f64>) -> Gate {
+    match max_drop_pct {
         None => Gate {
             name: "throughput".into(),
             verdict: Verdict::Skipped,
@@ -629,387 +758,7 @@ pub fn compare_runs(
                 },
             }
         }
-    });
-
-    let verdict = if gates.iter().any(|g| g.verdict == Verdict::Fail) {
-        Verdict::Fail
-    } else {
-        Verdict::Pass
-    };
-    Ok(CompareReport {
-        verdict,
-        gates,
-        options: opts.clone(),
-        baseline: summary(base),
-        candidate: summary(cand),
-        coverage,
-        accuracy,
-        mcnemar,
-        per_class,
-        regressions,
-        fixes,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Writers
-
-/// Flips listed in the Markdown summary (all of them are in the JSON).
-pub const MARKDOWN_MAX_FLIPS: usize = 25;
-
-impl CompareReport {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serializes")
     }
-
-    /// One line for a terminal.
-    pub fn one_line(&self) -> String {
-        let failed: Vec<&str> = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Fail)
-            .map(|g| g.name.as_str())
-            .collect();
-        format!(
-            "{}: top-1 {} → {} ({}), {} right→wrong, {} wrong→right, McNemar p = {}{}",
-            if failed.is_empty() {
-                "PASS".to_string()
-            } else {
-                format!("FAIL ({})", failed.join(", "))
-            },
-            pct(self.accuracy.baseline),
-            pct(self.accuracy.candidate),
-            signed_pp(-self.accuracy.drop_pp),
-            self.mcnemar.b,
-            self.mcnemar.c,
-            fmt_p(self.mcnemar.p_value),
-            if self.coverage.partial {
-                format!(
-                    "; partial: {} common images ({:.1}% coverage)",
-                    self.coverage.matched,
-                    100.0 * self.coverage.fraction
-                )
-            } else {
-                String::new()
-            }
-        )
-    }
-
-    /// Markdown summary, e.g. for `$GITHUB_STEP_SUMMARY`.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::new();
-        let icon = |v: Verdict| match v {
-            Verdict::Pass => "✅ pass",
-            Verdict::Fail => "❌ fail",
-            Verdict::Skipped => "⏭️ skipped",
-        };
-        let _ = writeln!(
-            s,
-            "## vit-batch compare: {}\n",
-            if self.passed() {
-                "✅ PASS"
-            } else {
-                "❌ REGRESSION"
-            }
-        );
-        let _ = writeln!(
-            s,
-            "Baseline `{}` ({}) vs candidate `{}` ({}), {} images compared.\n",
-            md_code(&self.baseline.dir),
-            md_cell(&short_sha(&self.baseline.model_sha256)),
-            md_code(&self.candidate.dir),
-            md_cell(&short_sha(&self.candidate.model_sha256)),
-            self.coverage.compared
-        );
-        if self.coverage.partial {
-            let _ = writeln!(
-                s,
-                "> ⚠️ Partial comparison: {} common images ({:.1}% of all), {} only in the baseline, {} only in the candidate.\n",
-                self.coverage.matched,
-                100.0 * self.coverage.fraction,
-                self.coverage.only_baseline,
-                self.coverage.only_candidate
-            );
-        }
-        if self.coverage.baseline_errors + self.coverage.candidate_errors > 0 {
-            let _ = writeln!(
-                s,
-                "> Failed rows (counted as wrong): {} in the baseline, {} in the candidate.\n",
-                self.coverage.baseline_errors, self.coverage.candidate_errors
-            );
-        }
-        s.push_str("| gate | verdict | rule | observed |\n| --- | --- | --- | --- |\n");
-        for g in &self.gates {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                md_cell(&g.name),
-                icon(g.verdict),
-                md_cell(&g.threshold),
-                md_cell(&g.observed)
-            );
-        }
-        s.push('\n');
-        for g in self.gates.iter().filter(|g| g.verdict == Verdict::Fail) {
-            let _ = writeln!(s, "- **{}**: {}", md_cell(&g.name), md_cell(&g.message));
-        }
-        if !self.passed() {
-            s.push('\n');
-        }
-        let flips = |s: &mut String, title: &str, v: &[Flip]| {
-            if v.is_empty() {
-                return;
-            }
-            let _ = writeln!(s, "### {title} ({})\n", v.len());
-            s.push_str("| image | label | baseline | candidate |\n| --- | --- | --- | --- |\n");
-            let pred = |p: &Option<String>, sc: Option<f32>, e: &Option<String>| match (p, e) {
-                (Some(p), _) => match sc {
-                    Some(sc) => format!("{} ({sc:.2})", md_cell(p)),
-                    None => md_cell(p),
-                },
-                (None, Some(e)) => format!("error: {}", md_cell(e)),
-                (None, None) => "—".into(),
-            };
-            for f in v.iter().take(MARKDOWN_MAX_FLIPS) {
-                let _ = writeln!(
-                    s,
-                    "| `{}` | {} | {} | {} |",
-                    md_code(&f.path),
-                    md_cell(&f.label),
-                    pred(&f.baseline_pred, f.baseline_score, &f.baseline_error),
-                    pred(&f.candidate_pred, f.candidate_score, &f.candidate_error)
-                );
-            }
-            if v.len() > MARKDOWN_MAX_FLIPS {
-                let _ = writeln!(
-                    s,
-                    "\n… and {} more (see the JSON report).",
-                    v.len() - MARKDOWN_MAX_FLIPS
-                );
-            }
-            s.push('\n');
-        };
-        flips(&mut s, "Right → wrong", &self.regressions);
-        flips(&mut s, "Wrong → right", &self.fixes);
-        if !self.per_class.is_empty() {
-            s.push_str("<details><summary>Per-class recall</summary>\n\n");
-            s.push_str(
-                "| class | images | baseline | candidate | change | gated |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
-            );
-            for c in &self.per_class {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    md_cell(&c.class),
-                    c.support,
-                    pct(c.baseline_recall),
-                    pct(c.candidate_recall),
-                    signed_pp(-c.drop_pp),
-                    if c.regressed {
-                        "❌"
-                    } else if c.gated {
-                        "yes"
-                    } else {
-                        "no"
-                    }
-                );
-            }
-            s.push_str("\n</details>\n");
-        }
-        s
-    }
-
-    /// JUnit XML: one `<testcase>` per gate in suite `vit-batch compare`, a `<failure>`
-    /// for a failed gate, `<skipped>` for one that is off.
-    pub fn to_junit(&self) -> String {
-        let n = self.gates.len();
-        let failures = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Fail)
-            .count();
-        let skipped = self
-            .gates
-            .iter()
-            .filter(|g| g.verdict == Verdict::Skipped)
-            .count();
-        let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = writeln!(
-            s,
-            "<testsuites name=\"vit-batch compare\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\">"
-        );
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"vit-batch compare\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"0\">"
-        );
-        let _ = writeln!(s, "    <properties>");
-        for (k, v) in [
-            ("baseline", self.baseline.dir.as_str()),
-            ("candidate", self.candidate.dir.as_str()),
-            ("baseline_model_sha256", self.baseline.model_sha256.as_str()),
-            (
-                "candidate_model_sha256",
-                self.candidate.model_sha256.as_str(),
-            ),
-        ] {
-            let _ = writeln!(
-                s,
-                "      <property name=\"{}\" value=\"{}\"/>",
-                xml_escape(k),
-                xml_escape(v)
-            );
-        }
-        let _ = writeln!(s, "    </properties>");
-        for g in &self.gates {
-            let _ = write!(
-                s,
-                "    <testcase classname=\"vit-batch.compare\" name=\"{}\" time=\"0\">",
-                xml_escape(&g.name)
-            );
-            let detail = format!("rule: {}\nobserved: {}", g.threshold, g.observed);
-            match g.verdict {
-                Verdict::Pass => {}
-                Verdict::Skipped => {
-                    let _ = write!(
-                        s,
-                        "\n      <skipped message=\"{}\"/>",
-                        xml_escape(&g.message)
-                    );
-                }
-                Verdict::Fail => {
-                    let mut body = detail.clone();
-                    if g.name == "mcnemar" || g.name == "accuracy" || g.name == "class_recall" {
-                        let _ = write!(body, "\nright → wrong ({}):", self.regressions.len());
-                        for f in self.regressions.iter().take(100) {
-                            let _ = write!(
-                                body,
-                                "\n  {} label={} baseline={} candidate={}",
-                                f.path,
-                                f.label,
-                                f.baseline_pred.as_deref().unwrap_or("error"),
-                                f.candidate_pred.as_deref().unwrap_or("error")
-                            );
-                        }
-                        if self.regressions.len() > 100 {
-                            let _ =
-                                write!(body, "\n  ... and {} more", self.regressions.len() - 100);
-                        }
-                    }
-                    let _ = write!(
-                        s,
-                        "\n      <failure message=\"{}\" type=\"regression\">{}</failure>",
-                        xml_escape(&g.message),
-                        xml_escape(&body)
-                    );
-                }
-            }
-            let _ = writeln!(
-                s,
-                "\n      <system-out>{}</system-out>\n    </testcase>",
-                xml_escape(&format!("{}\n{detail}", g.message))
-            );
-        }
-        s.push_str("  </testsuite>\n</testsuites>\n");
-        s
-    }
-
-    pub fn write_json(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_json().as_bytes())
-    }
-    pub fn write_markdown(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_markdown().as_bytes())
-    }
-    pub fn write_junit(&self, path: &Path) -> Result<()> {
-        write_out(path, self.to_junit().as_bytes())
-    }
-
-    /// Write the files `opts` asks for (`json`, `markdown`, `junit`).
-    pub fn write_files(&self, opts: &CompareOptions) -> Result<()> {
-        if let Some(p) = &opts.json {
-            self.write_json(p)?;
-        }
-        if let Some(p) = &opts.markdown {
-            self.write_markdown(p)?;
-        }
-        if let Some(p) = &opts.junit {
-            self.write_junit(p)?;
-        }
-        Ok(())
-    }
-}
-
-fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-    }
-    crate::fs::atomic_write_bytes(path, bytes)
-}
-
-fn short_sha(s: &str) -> String {
-    if s.len() > 12 {
-        format!("sha256 {}", &s[..12])
-    } else if s.is_empty() {
-        "model ?".into()
-    } else {
-        format!("sha256 {s}")
-    }
-}
-
-/// Escape text for XML 1.0 content and attribute values. Characters XML 1.0 cannot
-/// carry at all (most C0 controls, U+FFFE/U+FFFF) become U+FFFD.
-pub fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            '\t' | '\n' | '\r' => o.push(ch),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => o.push('\u{FFFD}'),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// Text safe inside a Markdown table cell (pipes, newlines, HTML).
-fn md_cell(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '|' => o.push_str("\\|"),
-            '\n' | '\r' => o.push(' '),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            c if c.is_control() => o.push('\u{FFFD}'),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// Text inside a single-backtick code span in a table cell (no backticks, no pipes).
-fn md_code(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '`' => '\'',
-            '|' => '¦',
-            c if c.is_control() => '\u{FFFD}',
-            c => c,
-        })
-        .collect()
-}
-
-/// Paths of the rows right in one run and wrong in the other; for tests and callers
-/// that want sets.
-pub fn flipped_paths(r: &CompareReport) -> (BTreeSet<String>, BTreeSet<String>) {
-    (
-        r.regressions.iter().map(|f| f.path.clone()).collect(),
-        r.fixes.iter().map(|f| f.path.clone()).collect(),
-    )
 }
 
 #[cfg(test)]
@@ -1049,14 +798,5 @@ mod tests {
                 assert_eq!(p, mcnemar_exact_p(c, b));
             }
         }
-    }
-
-    #[test]
-    fn xml_escape_everything() {
-        assert_eq!(
-            xml_escape("a<b>&\"'\u{1}\n"),
-            "a&lt;b&gt;&amp;&quot;&apos;\u{FFFD}\n"
-        );
-        assert_eq!(md_cell("a|b\nc<x>"), "a\\|b c&lt;x&gt;");
     }
 }

@@ -19,13 +19,13 @@ use crate::error::{Error, Result};
 use crate::metrics::{ClassStats, Confusion};
 
 /// DejaVu Sans 2.37 (Bitstream Vera license, see assets/fonts/LICENSE-DejaVu.txt).
-pub static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub(crate) static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 /// Classes drawn in a confusion heatmap; above this the most-confused are shown.
-pub const MAX_HEATMAP_CLASSES: usize = 30;
+pub(crate) const MAX_HEATMAP_CLASSES: usize = 30;
 /// Classes drawn in the recall bar chart; above this the lowest-recall are shown.
-pub const MAX_BAR_CLASSES: usize = 40;
+pub(crate) const MAX_BAR_CLASSES: usize = 40;
 
 /// Longest label drawn on an axis (longer ones end with an ellipsis).
 const MAX_LABEL_CHARS: usize = 22;
@@ -48,26 +48,30 @@ fn chart_err(e: impl std::fmt::Display) -> Error {
 /// One chart: its file under `charts/`, a title and caption for the page, the PNG.
 #[derive(Debug, Clone)]
 pub struct Chart {
-    pub file: &'static str,
-    pub title: String,
-    pub caption: String,
-    pub width: u32,
-    pub height: u32,
+    pub(crate) file: &'static str,
+    pub(crate) title: String,
+    pub(crate) caption: String,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    /// The encoded PNG.
     pub png: Vec<u8>,
 }
 
+/// Every chart of a report.
 #[derive(Debug, Clone, Default)]
 pub struct Charts {
-    pub list: Vec<Chart>,
+    pub(crate) list: Vec<Chart>,
     /// Geometry of the two heatmaps (raw, normalised), for tests and image maps.
     pub heatmaps: Vec<HeatmapLayout>,
 }
 
 impl Charts {
+    /// The chart written as `charts/<file>`.
     pub fn get(&self, file: &str) -> Option<&Chart> {
         self.list.iter().find(|c| c.file == file)
     }
 
+    /// Draw every chart of `data`.
     pub fn render(data: &ReportData) -> Result<Self> {
         let m = data.metrics();
         let mut list = Vec::new();
@@ -143,7 +147,7 @@ impl Charts {
 }
 
 /// The PNG format: every chart under `charts/`.
-pub struct PngExporter;
+pub(crate) struct PngExporter;
 
 impl Exporter for PngExporter {
     fn format(&self) -> Format {
@@ -162,7 +166,7 @@ impl Exporter for PngExporter {
 }
 
 /// Encode an RGB8 buffer as PNG.
-pub fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>> {
+pub(crate) fn encode_png(buf: &[u8], w: u32, h: u32) -> Result<Vec<u8>> {
     use image::ImageEncoder as _;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
@@ -227,7 +231,7 @@ fn text_width(s: &str, size: f64) -> u32 {
 }
 
 /// Sequential colour map (white → dark blue, like matplotlib's "Blues"): `v` in 0..=1.
-pub fn blues(v: f64) -> RGBColor {
+pub(crate) fn blues(v: f64) -> RGBColor {
     const STOPS: [(f64, [u8; 3]); 5] = [
         (0.0, [247, 251, 255]),
         (0.25, [198, 219, 239]),
@@ -252,7 +256,7 @@ pub fn blues(v: f64) -> RGBColor {
 }
 
 /// Diverging colour for a share in 0..=1: red (0) → amber (0.5) → green (1).
-pub fn red_to_green(v: f64) -> RGBColor {
+pub(crate) fn red_to_green(v: f64) -> RGBColor {
     let v = if v.is_finite() {
         v.clamp(0.0, 1.0)
     } else {
@@ -270,7 +274,7 @@ pub fn red_to_green(v: f64) -> RGBColor {
 /// Row/column indices of the confusion matrix to draw: all when they fit, else the
 /// `max` classes with the most errors (off-diagonal mass as true or predicted class),
 /// in class-id order. Ties go to the lower id.
-pub fn select_classes(c: &Confusion, max: usize) -> Vec<usize> {
+pub(crate) fn select_classes(c: &Confusion, max: usize) -> Vec<usize> {
     let n = c.ids.len();
     if n <= max {
         return (0..n).collect();
@@ -295,70 +299,138 @@ pub fn select_classes(c: &Confusion, max: usize) -> Vec<usize> {
 /// `x0 + c*cell .. x0 + (c+1)*cell` × `y0 + r*cell .. y0 + (r+1)*cell`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeatmapLayout {
+    /// Left edge of the grid, pixels.
     pub x0: u32,
+    /// Top edge of the grid, pixels.
     pub y0: u32,
+    /// Side of a cell, pixels.
     pub cell: u32,
     /// Confusion-matrix indices of the rows/columns drawn.
     pub shown: Vec<usize>,
+    /// Row-normalised (else counts).
     pub normalized: bool,
 }
 
 /// Confusion heatmap of the classes `shown` (indices into the matrix): counts, or
 /// row-normalised over the full row. Returns PNG, width, height and the geometry.
-pub fn confusion_heatmap(
+pub(crate) fn confusion_heatmap(
     c: &Confusion,
     shown: &[usize],
     normalized: bool,
 ) -> Result<(Vec<u8>, u32, u32, HeatmapLayout)> {
-    let n = shown.len().max(1);
-    let cell = (640 / n as u32).clamp(14, 56);
-    let label_size = if cell >= 20 { 13.0 } else { 11.0 };
-    let labels: Vec<String> = shown.iter().map(|&i| short(&c.labels[i])).collect();
-    let label_w = labels
-        .iter()
-        .map(|l| text_width(l, label_size))
-        .max()
-        .unwrap_or(0);
-    let grid = cell * n as u32;
-    let x0 = 40 + label_w + 10;
-    let y0 = 50;
-    let bar_w = 90;
-    let w = (x0 + grid + bar_w).max(420);
-    let h = y0 + grid + 10 + label_w + 40;
-    let norm = c.normalized();
-    let value = |r: usize, col: usize| -> f64 {
-        if normalized {
-            norm[r][col]
-        } else {
-            c.matrix[r][col] as f64
-        }
-    };
-    let vmax = if normalized {
-        1.0
-    } else {
-        shown
-            .iter()
-            .flat_map(|&r| shown.iter().map(move |&col| (r, col)))
-            .map(|(r, col)| c.matrix[r][col])
-            .max()
-            .unwrap_or(0)
-            .max(1) as f64
-    };
+    let hm = Heatmap::new(c, shown, normalized);
     let title = if normalized {
         "Confusion matrix (row-normalised)"
     } else {
         "Confusion matrix (counts)"
     };
-    let png = draw_png(w, h, |root| {
+    let png = draw_png(hm.w, hm.h, |root| {
+        root.draw(&Text::new(title, (hm.x0 as i32, 14), font(18.0)))
+            .map_err(chart_err)?;
+        hm.draw_cells(root)?;
+        hm.draw_labels(root)?;
+        hm.draw_colour_bar(root)
+    })?;
+    Ok((
+        png,
+        hm.w,
+        hm.h,
+        HeatmapLayout {
+            x0: hm.x0,
+            y0: hm.y0,
+            cell: hm.cell,
+            shown: shown.to_vec(),
+            normalized,
+        },
+    ))
+}
+
+/// The canvas charts draw on.
+type Root<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
+
+/// A heatmap's geometry and scale, computed before anything is drawn.
+struct Heatmap<'a> {
+    c: &'a Confusion,
+    shown: &'a [usize],
+    normalized: bool,
+    /// The row-normalised matrix (used when `normalized`).
+    norm: Vec<Vec<f64>>,
+    /// The value drawn darkest.
+    vmax: f64,
+    /// Axis labels of the shown classes, shortened.
+    labels: Vec<String>,
+    label_size: f64,
+    x0: u32,
+    y0: u32,
+    cell: u32,
+    /// Side of the whole grid.
+    grid: u32,
+    w: u32,
+    h: u32,
+}
+
+impl<'a> Heatmap<'a> {
+    fn new(c: &'a Confusion, shown: &'a [usize], normalized: bool) -> Self {
+        let n = shown.len().max(1);
+        let cell = (640 / n as u32).clamp(14, 56);
+        let label_size = if cell >= 20 { 13.0 } else { 11.0 };
+        let labels: Vec<String> = shown.iter().map(|&i| short(&c.labels[i])).collect();
+        let label_w = labels
+            .iter()
+            .map(|l| text_width(l, label_size))
+            .max()
+            .unwrap_or(0);
+        let grid = cell * n as u32;
+        let x0 = 40 + label_w + 10;
+        let y0 = 50;
+        let bar_w = 90;
+        let w = (x0 + grid + bar_w).max(420);
+        let h = y0 + grid + 10 + label_w + 40;
+        let vmax = if normalized {
+            1.0
+        } else {
+            shown
+                .iter()
+                .flat_map(|&r| shown.iter().map(move |&col| (r, col)))
+                .map(|(r, col)| c.matrix[r][col])
+                .max()
+                .unwrap_or(0)
+                .max(1) as f64
+        };
+        Heatmap {
+            c,
+            shown,
+            normalized,
+            norm: c.normalized(),
+            vmax,
+            labels,
+            label_size,
+            x0,
+            y0,
+            cell,
+            grid,
+            w,
+            h,
+        }
+    }
+
+    fn value(&self, r: usize, col: usize) -> f64 {
+        if self.normalized {
+            self.norm[r][col]
+        } else {
+            self.c.matrix[r][col] as f64
+        }
+    }
+
+    /// Cells and their numbers, then the frame around the grid.
+    fn draw_cells(&self, root: &Root<'_>) -> Result<()> {
+        let (x0, y0, cell, grid) = (self.x0, self.y0, self.cell, self.grid);
         let d = |e| chart_err(e);
-        root.draw(&Text::new(title, (x0 as i32, 14), font(18.0)))
-            .map_err(d)?;
-        // Cells and their numbers.
         let num_size = (cell as f64 * 0.42).clamp(9.0, 14.0);
-        for (ri, &r) in shown.iter().enumerate() {
-            for (ci, &col) in shown.iter().enumerate() {
-                let v = value(r, col);
-                let t = v / vmax;
+        for (ri, &r) in self.shown.iter().enumerate() {
+            for (ci, &col) in self.shown.iter().enumerate() {
+                let v = self.value(r, col);
+                let t = v / self.vmax;
                 let (cx, cy) = (x0 + ci as u32 * cell, y0 + ri as u32 * cell);
                 root.draw(&Rectangle::new(
                     [
@@ -368,14 +440,14 @@ pub fn confusion_heatmap(
                     blues(t).filled(),
                 ))
                 .map_err(d)?;
-                let text = if normalized {
+                let text = if self.normalized {
                     if v == 0.0 {
                         "0".to_string()
                     } else {
                         format!("{:.2}", v).trim_start_matches('0').to_string()
                     }
                 } else {
-                    c.matrix[r][col].to_string()
+                    self.c.matrix[r][col].to_string()
                 };
                 // Zeros only where there is room: at many classes they are noise.
                 let room = if v == 0.0 { cell >= 30 } else { cell >= 16 };
@@ -398,7 +470,6 @@ pub fn confusion_heatmap(
                 }
             }
         }
-        // Grid frame.
         root.draw(&Rectangle::new(
             [
                 (x0 as i32, y0 as i32),
@@ -407,20 +478,26 @@ pub fn confusion_heatmap(
             BLACK.stroke_width(1),
         ))
         .map_err(d)?;
-        // Axis labels: true classes left of the rows, predicted classes below the
-        // columns (rotated, reading upwards).
-        for (i, l) in labels.iter().enumerate() {
+        Ok(())
+    }
+
+    /// Axis labels: true classes left of the rows, predicted classes below the
+    /// columns (rotated, reading upwards), then the two axis names.
+    fn draw_labels(&self, root: &Root<'_>) -> Result<()> {
+        let (x0, y0, cell, grid) = (self.x0, self.y0, self.cell, self.grid);
+        let d = |e| chart_err(e);
+        for (i, l) in self.labels.iter().enumerate() {
             let mid = (i as u32 * cell + cell / 2) as i32;
             root.draw(&Text::new(
                 l.clone(),
                 ((x0 - 6) as i32, y0 as i32 + mid),
-                font(label_size).pos(Pos::new(HPos::Right, VPos::Center)),
+                font(self.label_size).pos(Pos::new(HPos::Right, VPos::Center)),
             ))
             .map_err(d)?;
             root.draw(&Text::new(
                 l.clone(),
                 (x0 as i32 + mid, (y0 + grid + 6) as i32),
-                font(label_size)
+                font(self.label_size)
                     .transform(FontTransform::Rotate270)
                     .pos(Pos::new(HPos::Right, VPos::Center)),
             ))
@@ -436,62 +513,56 @@ pub fn confusion_heatmap(
         .map_err(d)?;
         root.draw(&Text::new(
             "Predicted class",
-            ((x0 + grid / 2) as i32, (h - 16) as i32),
+            ((x0 + grid / 2) as i32, (self.h - 16) as i32),
             font(14.0).pos(Pos::new(HPos::Center, VPos::Center)),
         ))
         .map_err(d)?;
-        // Colour bar.
-        let bx = (x0 + grid + 20) as i32;
-        let bh = grid.clamp(60, 300) as i32;
+        Ok(())
+    }
+
+    /// The colour bar right of the grid, labelled with its top value and 0.
+    fn draw_colour_bar(&self, root: &Root<'_>) -> Result<()> {
+        let y0 = self.y0 as i32;
+        let d = |e| chart_err(e);
+        let bx = (self.x0 + self.grid + 20) as i32;
+        let bh = self.grid.clamp(60, 300) as i32;
         for k in 0..bh {
             let t = 1.0 - k as f64 / (bh - 1).max(1) as f64;
             root.draw(&Rectangle::new(
-                [(bx, y0 as i32 + k), (bx + 16, y0 as i32 + k + 1)],
+                [(bx, y0 + k), (bx + 16, y0 + k + 1)],
                 blues(t).filled(),
             ))
             .map_err(d)?;
         }
         root.draw(&Rectangle::new(
-            [(bx, y0 as i32), (bx + 16, y0 as i32 + bh)],
+            [(bx, y0), (bx + 16, y0 + bh)],
             BLACK.stroke_width(1),
         ))
         .map_err(d)?;
-        let top = if normalized {
+        let top = if self.normalized {
             "1.0".to_string()
         } else {
-            format!("{}", vmax as u64)
+            format!("{}", self.vmax as u64)
         };
         root.draw(&Text::new(
             top,
-            (bx + 20, y0 as i32),
+            (bx + 20, y0),
             font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
         ))
         .map_err(d)?;
         root.draw(&Text::new(
             "0",
-            (bx + 20, y0 as i32 + bh),
+            (bx + 20, y0 + bh),
             font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
         ))
         .map_err(d)?;
         Ok(())
-    })?;
-    Ok((
-        png,
-        w,
-        h,
-        HeatmapLayout {
-            x0,
-            y0,
-            cell,
-            shown: shown.to_vec(),
-            normalized,
-        },
-    ))
+    }
 }
 
 /// Classes for the recall chart: lowest recall first (ties: larger support first,
 /// then id); at most [`MAX_BAR_CLASSES`].
-pub fn recall_order(per_class: &[ClassStats]) -> Vec<&ClassStats> {
+pub(crate) fn recall_order(per_class: &[ClassStats]) -> Vec<&ClassStats> {
     let mut v: Vec<&ClassStats> = per_class.iter().filter(|c| c.support > 0).collect();
     v.sort_by(|a, b| {
         a.recall

@@ -6,7 +6,7 @@
 //! fetch), and charts and thumbnails embedded as `data:` URIs rather than linked
 //! (the PNGs are also written under `charts/` when the png format is asked for).
 //! Every string that comes from the dataset, the model or the file system (class
-//! names, paths, error messages) goes through [`esc`]: a class folder named
+//! names, paths, error messages) goes through [`escape::html`]: a class folder named
 //! `<script>…` shows up as text. Long lists are capped (failed files) so a run with
 //! 50,000 images and 1,000 classes stays a page a browser opens instantly.
 
@@ -14,11 +14,13 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use super::escape;
 use super::markdown::thousands;
 use super::{charts, pct, Exporter, Format, Output, ReportData, MAX_FAILURES};
 use crate::error::Result;
 
-pub struct HtmlExporter;
+/// The `html` format: `report.html`.
+pub(crate) struct HtmlExporter;
 
 impl Exporter for HtmlExporter {
     fn format(&self) -> Format {
@@ -30,22 +32,6 @@ impl Exporter for HtmlExporter {
             bytes: page(data, charts).into_bytes(),
         }])
     }
-}
-
-/// Escape text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const CSS: &str = r#"
@@ -123,9 +109,9 @@ fn card(s: &mut String, label: &str, value: &str, note: &str) {
     let _ = write!(
         s,
         "<div class=\"card\"><div class=\"l\">{}</div><div class=\"v\">{}</div><div class=\"l\">{}</div></div>",
-        esc(label),
-        esc(value),
-        esc(note)
+        escape::html(label),
+        escape::html(value),
+        escape::html(note)
     );
 }
 
@@ -134,72 +120,100 @@ fn chart_img(s: &mut String, c: &charts::Chart, id: &str) {
     let _ = write!(
         s,
         "<figure id=\"{id}\"><img class=\"chart\" alt=\"{}\" width=\"{}\" height=\"{}\" src=\"data:image/png;base64,{b64}\"><figcaption>{}. {}</figcaption></figure>",
-        esc(&c.title),
+        escape::html(&c.title),
         c.width,
         c.height,
-        esc(&c.title),
-        esc(&c.caption)
+        escape::html(&c.title),
+        escape::html(&c.caption)
     );
 }
 
 fn num_td(s: &mut String, v: f64, shown: &str) {
-    let _ = write!(s, "<td class=\"n\" data-v=\"{v}\">{}</td>", esc(shown));
+    let _ = write!(
+        s,
+        "<td class=\"n\" data-v=\"{v}\">{}</td>",
+        escape::html(shown)
+    );
 }
 
 fn meta_row(s: &mut String, k: &str, v: &str) {
-    let _ = write!(s, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    let _ = write!(
+        s,
+        "<tr><th>{}</th><td>{}</td></tr>",
+        escape::html(k),
+        escape::html(v)
+    );
 }
 
-/// The whole page.
-pub fn page(data: &ReportData, charts: &charts::Charts) -> String {
-    let m = data.metrics();
-    let run = &data.file.run;
-    let t = &data.file.throughput;
-    let c = &m.counts;
+/// The whole page: the head, then one renderer per section, in page order.
+pub(crate) fn page(data: &ReportData, charts: &charts::Charts) -> String {
     let mut s = String::with_capacity(256 * 1024);
+    head(&mut s, data);
+    summary_section(&mut s, data);
+    confusion_section(&mut s, data, charts);
+    per_class_section(&mut s, data, charts);
+    calibration_section(&mut s, data, charts);
+    mistakes_section(&mut s, data);
+    failures_section(&mut s, data);
+    run_section(&mut s, data);
+    let _ = writeln!(s, "<script>{SCRIPT}</script></body></html>");
+    s
+}
+
+/// `<head>` (styles, the Content-Security-Policy) and the page header with its
+/// navigation.
+fn head(s: &mut String, data: &ReportData) {
+    let run = &data.file.run;
     let _ = write!(
         s,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>vit-batch report: {}</title><style>{CSS}</style></head><body>\n",
-        esc(&run.model)
+        escape::html(&run.model)
     );
-    // Header and summary.
     let _ = write!(
         s,
         "<header><h1>vit-batch evaluation report</h1><div class=\"mut\">Model <b>{}</b> on <b>{}</b></div>\
 <nav><a href=\"#summary\">Summary</a><a href=\"#confusion\">Confusion</a><a href=\"#per-class\">Per class</a>\
 <a href=\"#calibration\">Calibration</a><a href=\"#mistakes\">Hardest mistakes</a><a href=\"#failures\">Failures</a><a href=\"#run\">Run</a></nav></header>",
-        esc(&run.model),
-        esc(&run.data_dir)
+        escape::html(&run.model),
+        escape::html(&run.data_dir)
     );
+}
+
+/// Headline cards, counts, the unmapped classes and the warnings.
+fn summary_section(s: &mut String, data: &ReportData) {
+    let m = data.metrics();
+    let run = &data.file.run;
+    let t = &data.file.throughput;
+    let c = &m.counts;
     s.push_str("\n<section id=\"summary\"><h2>Summary</h2><div class=\"cards\">");
     let ci = |x: Option<super::Interval>| match x {
         Some(i) => format!("95% CI {:.1}–{:.1}%", 100.0 * i.lo, 100.0 * i.hi),
         None => "no evaluated images".into(),
     };
-    card(&mut s, "Top-1 accuracy", &pct(m.top1), &ci(data.top1_ci));
+    card(s, "Top-1 accuracy", &pct(m.top1), &ci(data.top1_ci));
     card(
-        &mut s,
+        s,
         &format!("Top-{} accuracy", m.k),
         &pct(m.topk),
         &ci(data.topk_ci),
     );
     card(
-        &mut s,
+        s,
         "Macro F1",
         &format!("{:.4}", m.macro_avg.f1),
         &format!("weighted {:.4}", m.weighted_avg.f1),
     );
     card(
-        &mut s,
+        s,
         "ECE",
         &format!("{:.4}", m.calibration.ece),
         &format!("{} bins", m.calibration.bins.len()),
     );
     card(
-        &mut s,
+        s,
         "Throughput",
         &format!("{:.1} img/s", t.images_per_s),
         &format!("{} scored in {:.1} s", thousands(t.scored), t.wall_s),
@@ -224,7 +238,12 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         super::BOOTSTRAP_RESAMPLES
     );
     if !run.label_mapping.unmapped.is_empty() {
-        let names: Vec<String> = run.label_mapping.unmapped.iter().map(|u| esc(u)).collect();
+        let names: Vec<String> = run
+            .label_mapping
+            .unmapped
+            .iter()
+            .map(|u| escape::html(u))
+            .collect();
         let _ = write!(
             s,
             "<p class=\"bad\">Class folders matching no model label (scored, not in accuracy): {}</p>",
@@ -234,7 +253,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
     if !run.warnings.is_empty() || data.row_warnings > 0 {
         s.push_str("<h3>Warnings</h3><ul>");
         for w in &run.warnings {
-            let _ = write!(s, "<li>{}</li>", esc(w));
+            let _ = write!(s, "<li>{}</li>", escape::html(w));
         }
         if data.row_warnings > 0 {
             let _ = write!(
@@ -246,8 +265,11 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         s.push_str("</ul>");
     }
     s.push_str("</section>\n");
+}
 
-    // Confusion.
+/// The two heatmaps and the top confused pairs.
+fn confusion_section(s: &mut String, data: &ReportData, charts: &charts::Charts) {
+    let m = data.metrics();
     s.push_str("<section id=\"confusion\"><h2>Confusion</h2>");
     let shown = charts.heatmaps.first().map(|h| h.shown.len()).unwrap_or(0);
     if shown > 0 && shown < m.confusion.ids.len() {
@@ -263,7 +285,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         ("confusion_normalized.png", "confusion-normalized"),
     ] {
         if let Some(ch) = charts.get(file) {
-            chart_img(&mut s, ch, id);
+            chart_img(s, ch, id);
         }
     }
     s.push_str("</div>");
@@ -276,21 +298,24 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let _ = write!(
                 s,
                 "<tr><td>{}</td><td>{}</td>",
-                esc(&p.true_label),
-                esc(&p.pred_label)
+                escape::html(&p.true_label),
+                escape::html(&p.pred_label)
             );
-            num_td(&mut s, p.count as f64, &thousands(p.count));
-            num_td(&mut s, p.share, &pct(p.share));
+            num_td(s, p.count as f64, &thousands(p.count));
+            num_td(s, p.share, &pct(p.share));
             s.push_str("</tr>");
         }
         s.push_str("</tbody></table>");
     }
     s.push_str("</section>\n");
+}
 
-    // Per class.
+/// The recall chart and the sortable, filterable per-class table.
+fn per_class_section(s: &mut String, data: &ReportData, charts: &charts::Charts) {
+    let m = data.metrics();
     s.push_str("<section id=\"per-class\"><h2>Per class</h2>");
     if let Some(ch) = charts.get("recall_by_class.png") {
-        chart_img(&mut s, ch, "recall-chart");
+        chart_img(s, ch, "recall-chart");
     }
     let _ = write!(
         s,
@@ -299,13 +324,13 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
     );
     s.push_str("<div class=\"scroll\"><table class=\"sortable\" id=\"per-class-table\"><thead><tr><th>Class</th><th class=\"n\">Id</th><th class=\"n\">Precision</th><th class=\"n\">Recall</th><th class=\"n\">F1</th><th class=\"n\">Support</th><th class=\"n\">Predicted</th></tr></thead><tbody>");
     for cs in &m.per_class {
-        let _ = write!(s, "<tr><td>{}</td>", esc(&cs.class));
-        num_td(&mut s, cs.id as f64, &cs.id.to_string());
-        num_td(&mut s, cs.precision, &format!("{:.4}", cs.precision));
-        num_td(&mut s, cs.recall, &format!("{:.4}", cs.recall));
-        num_td(&mut s, cs.f1, &format!("{:.4}", cs.f1));
-        num_td(&mut s, cs.support as f64, &thousands(cs.support));
-        num_td(&mut s, cs.predicted as f64, &thousands(cs.predicted));
+        let _ = write!(s, "<tr><td>{}</td>", escape::html(&cs.class));
+        num_td(s, cs.id as f64, &cs.id.to_string());
+        num_td(s, cs.precision, &format!("{:.4}", cs.precision));
+        num_td(s, cs.recall, &format!("{:.4}", cs.recall));
+        num_td(s, cs.f1, &format!("{:.4}", cs.f1));
+        num_td(s, cs.support as f64, &thousands(cs.support));
+        num_td(s, cs.predicted as f64, &thousands(cs.predicted));
         s.push_str("</tr>");
     }
     s.push_str("</tbody><tfoot>");
@@ -323,16 +348,19 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         );
     }
     s.push_str("</tfoot></table></div></section>\n");
+}
 
-    // Calibration.
+/// The confidence histogram, the reliability diagram and the calibration bins.
+fn calibration_section(s: &mut String, data: &ReportData, charts: &charts::Charts) {
+    let m = data.metrics();
     s.push_str(
         "<section id=\"calibration\"><h2>Confidence and calibration</h2><div class=\"charts\">",
     );
     if let Some(ch) = charts.get("confidence.png") {
-        chart_img(&mut s, ch, "confidence-chart");
+        chart_img(s, ch, "confidence-chart");
     }
     if let Some(ch) = charts.get("reliability.png") {
-        chart_img(&mut s, ch, "reliability-chart");
+        chart_img(s, ch, "reliability-chart");
     }
     s.push_str("</div><details><summary>Calibration bins</summary><table><thead><tr><th class=\"n\">Confidence bin</th><th class=\"n\">Images</th><th class=\"n\">Mean confidence</th><th class=\"n\">Accuracy</th></tr></thead><tbody>");
     for b in &m.calibration.bins {
@@ -347,8 +375,12 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         );
     }
     s.push_str("</tbody></table></details></section>\n");
+}
 
-    // Hardest mistakes.
+/// Cards of the hardest mistakes, with thumbnails and rollout overlays.
+fn mistakes_section(s: &mut String, data: &ReportData) {
+    let m = data.metrics();
+    let run = &data.file.run;
     let _ = write!(
         s,
         "<section id=\"mistakes\"><h2>Hardest mistakes</h2><p class=\"mut\">The {} most confidently wrong of {} wrong predictions, highest top-1 score first.</p>",
@@ -364,48 +396,12 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         let _ = write!(
             s,
             "<p class=\"mut\">{missing} thumbnail(s) could not be made from the source files under {} (the reason is on each card).</p>",
-            esc(&run.data_dir)
+            escape::html(&run.data_dir)
         );
     }
     s.push_str("<div class=\"grid\">");
     for x in &data.mistakes {
-        s.push_str("<div class=\"mistake\">");
-        match &x.thumb_b64 {
-            Some(b) => {
-                let _ = write!(
-                    s,
-                    "<img alt=\"{}\" src=\"data:image/jpeg;base64,{b}\">",
-                    esc(&x.path)
-                );
-            }
-            None => {
-                let _ = write!(
-                    s,
-                    "<div class=\"thumb-missing\">no thumbnail: {}</div>",
-                    esc(x.thumb_note.as_deref().unwrap_or(""))
-                );
-            }
-        }
-        if let Some(b) = &x.rollout_b64 {
-            let _ = write!(
-                s,
-                "<img class=\"rollout\" alt=\"attention rollout of {}\" title=\"attention rollout (the model's view, after resize and crop)\" src=\"data:image/jpeg;base64,{b}\">",
-                esc(&x.path)
-            );
-        }
-        let rank = match x.true_rank {
-            Some(r) => format!("true class ranked {r}"),
-            None => format!("true class not in top-{}", m.k),
-        };
-        let _ = write!(
-            s,
-            "<div>true <b>{}</b></div><div>pred <b class=\"bad\">{}</b> ({:.3})</div><div class=\"mut\">{}</div><div class=\"mut\">{}</div></div>",
-            esc(&x.label),
-            esc(&x.pred),
-            x.score,
-            esc(&rank),
-            esc(&x.path)
-        );
+        mistake_card(s, x, m.k);
     }
     s.push_str("</div>");
     match &run.attention {
@@ -424,8 +420,51 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         None => s.push_str("<p class=\"mut\" id=\"rollout-note\">No attention maps: the model has no attention outputs (export it with <code>vit-batch export --with-attentions</code> to get rollout overlays here).</p>"),
     }
     s.push_str("</section>\n");
+}
 
-    // Failures.
+/// One card: thumbnail (or why there is none), rollout overlay, labels and path.
+fn mistake_card(s: &mut String, x: &super::Mistake, k: usize) {
+    s.push_str("<div class=\"mistake\">");
+    match &x.thumb_b64 {
+        Some(b) => {
+            let _ = write!(
+                s,
+                "<img alt=\"{}\" src=\"data:image/jpeg;base64,{b}\">",
+                escape::html(&x.path)
+            );
+        }
+        None => {
+            let _ = write!(
+                s,
+                "<div class=\"thumb-missing\">no thumbnail: {}</div>",
+                escape::html(x.thumb_note.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    if let Some(b) = &x.rollout_b64 {
+        let _ = write!(
+            s,
+            "<img class=\"rollout\" alt=\"attention rollout of {}\" title=\"attention rollout (the model's view, after resize and crop)\" src=\"data:image/jpeg;base64,{b}\">",
+            escape::html(&x.path)
+        );
+    }
+    let rank = match x.true_rank {
+        Some(r) => format!("true class ranked {r}"),
+        None => format!("true class not in top-{k}"),
+    };
+    let _ = write!(
+        s,
+        "<div>true <b>{}</b></div><div>pred <b class=\"bad\">{}</b> ({:.3})</div><div class=\"mut\">{}</div><div class=\"mut\">{}</div></div>",
+        escape::html(&x.label),
+        escape::html(&x.pred),
+        x.score,
+        escape::html(&rank),
+        escape::html(&x.path)
+    );
+}
+
+/// The failed files (capped at [`MAX_FAILURES`]).
+fn failures_section(s: &mut String, data: &ReportData) {
     let _ = write!(
         s,
         "<section id=\"failures\"><h2>Failed files</h2><p>{} file(s) could not be scored.",
@@ -445,29 +484,28 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             let _ = write!(
                 s,
                 "<tr><td class=\"path\">{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&f.path),
-                esc(&f.label),
-                esc(&f.error)
+                escape::html(&f.path),
+                escape::html(&f.label),
+                escape::html(&f.error)
             );
         }
         s.push_str("</tbody></table></div>");
     }
     s.push_str("</section>\n");
+}
 
-    // Run metadata.
+/// Where the numbers came from: model, dataset, runtime, preprocessing, labels.
+fn run_section(s: &mut String, data: &ReportData) {
+    let run = &data.file.run;
     s.push_str("<section id=\"run\"><h2>Run</h2><table>");
-    meta_row(&mut s, "Model", &run.model);
-    meta_row(&mut s, "Model sha256", &run.model_sha256);
-    meta_row(&mut s, "Dataset", &run.data_dir);
-    meta_row(&mut s, "Dataset fingerprint", &run.dataset_fingerprint);
+    meta_row(s, "Model", &run.model);
+    meta_row(s, "Model sha256", &run.model_sha256);
+    meta_row(s, "Dataset", &run.data_dir);
+    meta_row(s, "Dataset fingerprint", &run.dataset_fingerprint);
+    meta_row(s, "Tool", &format!("{} {}", run.tool, run.tool_version));
+    meta_row(s, "ONNX Runtime", &run.onnxruntime_version);
     meta_row(
-        &mut s,
-        "Tool",
-        &format!("{} {}", run.tool, run.tool_version),
-    );
-    meta_row(&mut s, "ONNX Runtime", &run.onnxruntime_version);
-    meta_row(
-        &mut s,
+        s,
         "Provider / threads / batch",
         &format!(
             "{} / {} / {}",
@@ -476,9 +514,9 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             run.batch_size
         ),
     );
-    meta_row(&mut s, "Preprocessing source", &run.preprocess_source);
+    meta_row(s, "Preprocessing source", &run.preprocess_source);
     meta_row(
-        &mut s,
+        s,
         "Preprocessing",
         &serde_json::to_string(&run.preprocess).unwrap_or_default(),
     );
@@ -492,7 +530,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
             });
     let by: Vec<String> = by.iter().map(|(k, v)| format!("{v} by {k}")).collect();
     meta_row(
-        &mut s,
+        s,
         "Label mapping",
         &format!(
             "{} model labels; {} class folders mapped ({}); {} unmapped",
@@ -503,22 +541,7 @@ Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed
         ),
     );
     if let Some(sh) = &run.shard {
-        meta_row(&mut s, "Shard", &format!("{}/{}", sh.index, sh.count));
+        meta_row(s, "Shard", &format!("{}/{}", sh.index, sh.count));
     }
     s.push_str("</table></section>\n");
-    let _ = writeln!(s, "<script>{SCRIPT}</script></body></html>");
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc("<script>alert(\"x\")</script> & 'y'"),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
-        );
-    }
 }

@@ -13,13 +13,14 @@ use super::{charts, Exporter, Format, Output, ReportData};
 use crate::error::Result;
 
 /// Version of this file's layout; bump on incompatible changes.
-pub const SCHEMA: &str = "vit-batch-report/1";
+pub(crate) const SCHEMA: &str = "vit-batch-report/1";
 /// Classes listed under `lowest_recall`.
-pub const JSON_WORST: usize = 10;
+pub(crate) const JSON_WORST: usize = 10;
 /// Failed files listed (the total is `failures.count`).
-pub const JSON_FAILURES: usize = 100;
+pub(crate) const JSON_FAILURES: usize = 100;
 
-pub struct JsonExporter;
+/// The `json` format: `report.json`.
+pub(crate) struct JsonExporter;
 
 impl Exporter for JsonExporter {
     fn format(&self) -> Format {
@@ -43,7 +44,7 @@ fn ci(c: Option<super::Interval>) -> Value {
 }
 
 /// The report.json value.
-pub fn summary(data: &ReportData) -> Value {
+pub(crate) fn summary(data: &ReportData) -> Value {
     let m = data.metrics();
     let run = &data.file.run;
     let t = &data.file.throughput;

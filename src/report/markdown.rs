@@ -9,13 +9,15 @@
 
 use std::fmt::Write as _;
 
+use super::escape;
 use super::{charts, pct, pct_ci, Exporter, Format, Output, ReportData};
 use crate::error::Result;
 
 /// Items in each short list (confusions, classes, failures).
-pub const MD_ITEMS: usize = 5;
+pub(crate) const MD_ITEMS: usize = 5;
 
-pub struct MarkdownExporter;
+/// The `md` format: `report.md`.
+pub(crate) struct MarkdownExporter;
 
 impl Exporter for MarkdownExporter {
     fn format(&self) -> Format {
@@ -27,28 +29,6 @@ impl Exporter for MarkdownExporter {
             bytes: markdown(data).into_bytes(),
         }])
     }
-}
-
-/// Escape text for Markdown: HTML-significant characters become entities and
-/// Markdown punctuation is backslash-escaped; newlines become spaces (table cells).
-pub fn md_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\n' | '\r' | '\t' => out.push(' '),
-            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '-' | '!'
-            | '|' | '~' | '$' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Thousands separators for counts.
@@ -64,13 +44,14 @@ pub(crate) fn thousands(n: u64) -> String {
     out
 }
 
-pub fn markdown(data: &ReportData) -> String {
+/// The text of `report.md`.
+pub(crate) fn markdown(data: &ReportData) -> String {
     let m = data.metrics();
     let run = &data.file.run;
     let c = &m.counts;
     let mut s = String::new();
-    let _ = writeln!(s, "## vit-batch report: {}\n", md_escape(&run.model));
-    let _ = writeln!(s, "Dataset: {}\n", md_escape(&run.data_dir));
+    let _ = writeln!(s, "## vit-batch report: {}\n", escape::markdown(&run.model));
+    let _ = writeln!(s, "Dataset: {}\n", escape::markdown(&run.data_dir));
     let _ = writeln!(s, "| Metric | Value |\n|---|---|");
     let _ = writeln!(
         s,
@@ -101,7 +82,7 @@ pub fn markdown(data: &ReportData) -> String {
         s,
         "| Throughput | {:.1} images/s ({}, {} threads, batch {}) |",
         t.images_per_s,
-        md_escape(&format!("{:?}", run.provider).to_lowercase()),
+        escape::markdown(&format!("{:?}", run.provider).to_lowercase()),
         run.threads,
         run.batch_size
     );
@@ -112,8 +93,8 @@ pub fn markdown(data: &ReportData) -> String {
             let _ = writeln!(
                 s,
                 "- {} → {}: {} ({} of the class)",
-                md_escape(&p.true_label),
-                md_escape(&p.pred_label),
+                escape::markdown(&p.true_label),
+                escape::markdown(&p.pred_label),
                 thousands(p.count),
                 pct(p.share)
             );
@@ -127,7 +108,7 @@ pub fn markdown(data: &ReportData) -> String {
             let _ = writeln!(
                 s,
                 "- {}: {} of {}",
-                md_escape(&cs.class),
+                escape::markdown(&cs.class),
                 pct(cs.recall),
                 thousands(cs.support)
             );
@@ -146,7 +127,12 @@ pub fn markdown(data: &ReportData) -> String {
             }
         );
         for f in data.failures.iter().take(MD_ITEMS) {
-            let _ = writeln!(s, "- {}: {}", md_escape(&f.path), md_escape(&f.error));
+            let _ = writeln!(
+                s,
+                "- {}: {}",
+                escape::markdown(&f.path),
+                escape::markdown(&f.error)
+            );
         }
         let _ = writeln!(s);
     }
@@ -155,7 +141,7 @@ pub fn markdown(data: &ReportData) -> String {
             .label_mapping
             .unmapped
             .iter()
-            .map(|u| md_escape(u))
+            .map(|u| escape::markdown(u))
             .collect();
         let _ = writeln!(
             s,
@@ -176,12 +162,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping() {
-        assert_eq!(
-            md_escape("<script>alert(1)</script>"),
-            "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
-        );
-        assert_eq!(md_escape("a|b*c_d"), "a\\|b\\*c\\_d");
+    fn thousands_groups_digits() {
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(12), "12");
     }

@@ -17,13 +17,19 @@
 //! - `markdown.rs`: `report.md`, a short summary for CI job summaries / PR comments;
 //! - `json.rs`: `report.json`, the machine-readable summary.
 //!
+//! Beside them: `gate.rs` renders the regression gate's report (`vit-batch
+//! compare`) as JSON, Markdown and JUnit the same way, and `escape.rs` is the one
+//! place user data is escaped for HTML, Markdown and XML.
+//!
 //! Every output is a pure function of the run folder: no timestamps, seeded
 //! resampling, stable orderings, so two renders of one run are byte-identical.
 
 pub mod charts;
-pub mod html;
-pub mod json;
-pub mod markdown;
+pub(crate) mod escape;
+pub(crate) mod gate;
+pub(crate) mod html;
+pub(crate) mod json;
+pub(crate) mod markdown;
 
 use std::path::{Path, PathBuf};
 
@@ -31,23 +37,24 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::options::ReportOptions;
 use crate::record::{Row, Status};
 use crate::run::{MetricsFile, Run};
 
 /// Bootstrap resamples for the confidence intervals.
-pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+pub(crate) const BOOTSTRAP_RESAMPLES: usize = 1000;
 /// Seed of the bootstrap generator: intervals are the same on every render.
-pub const BOOTSTRAP_SEED: u64 = 0x005E_ED0F_B007;
+pub(crate) const BOOTSTRAP_SEED: u64 = 0x005E_ED0F_B007;
 /// Failed files listed in the page (the total is always shown).
-pub const MAX_FAILURES: usize = 1000;
+pub(crate) const MAX_FAILURES: usize = 1000;
 /// Most confidently wrong images shown with thumbnails.
 pub const MAX_MISTAKES: usize = 24;
 /// Confused (true, predicted) pairs listed.
-pub const MAX_PAIRS: usize = 20;
+pub(crate) const MAX_PAIRS: usize = 20;
 /// Thumbnail bounding box, pixels.
-pub const THUMB_PX: u32 = 96;
+pub(crate) const THUMB_PX: u32 = 96;
 /// Bins of the right-vs-wrong confidence histogram.
-pub const HIST_BINS: usize = 20;
+pub(crate) const HIST_BINS: usize = 20;
 
 /// One kind of report output.
 #[derive(
@@ -68,38 +75,36 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in render order.
     pub const ALL: [Format; 4] = [Format::Html, Format::Png, Format::Markdown, Format::Json];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Format::Html => "html",
-            Format::Png => "png",
-            Format::Markdown => "md",
-            Format::Json => "json",
-        }
-    }
 }
 
-pub use crate::options::ReportOptions;
-
+/// What [`render`] wrote.
 #[derive(Debug, Clone)]
 pub struct ReportSummary {
+    /// The folder written into.
     pub out_dir: PathBuf,
     /// Files written, relative to `out_dir`, in write order.
     pub files: Vec<PathBuf>,
+    /// Rows of the run.
     pub rows: usize,
+    /// Classes of the run's metrics.
     pub classes: usize,
 }
 
 /// One file an exporter produced, relative to the output folder.
-pub struct Output {
-    pub rel: PathBuf,
-    pub bytes: Vec<u8>,
+pub(crate) struct Output {
+    /// Path relative to the output folder.
+    pub(crate) rel: PathBuf,
+    /// The file's contents.
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// An output format: turns the shared report data into files (no I/O of its own).
-pub trait Exporter {
+pub(crate) trait Exporter {
+    /// The format this exporter writes.
     fn format(&self) -> Format;
+    /// The files of this format.
     fn render(&self, data: &ReportData, charts: &charts::Charts) -> Result<Vec<Output>>;
 }
 
@@ -114,189 +119,97 @@ fn exporter(f: Format) -> Box<dyn Exporter> {
 
 /// A 95% percentile-bootstrap interval.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Interval {
-    pub lo: f64,
-    pub hi: f64,
+pub(crate) struct Interval {
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
+/// A (true, predicted) cell of the confusion matrix off its diagonal.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConfusedPair {
-    pub true_id: usize,
-    pub true_label: String,
-    pub pred_id: usize,
-    pub pred_label: String,
-    pub count: u64,
+pub(crate) struct ConfusedPair {
+    pub(crate) true_id: usize,
+    pub(crate) true_label: String,
+    pub(crate) pred_id: usize,
+    pub(crate) pred_label: String,
+    pub(crate) count: u64,
     /// Share of the true class's images that went to `pred`.
-    pub share: f64,
+    pub(crate) share: f64,
 }
 
+/// A row that failed to score.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub path: String,
-    pub label: String,
-    pub error: String,
+pub(crate) struct Failure {
+    pub(crate) path: String,
+    pub(crate) label: String,
+    pub(crate) error: String,
 }
 
+/// One of the most confidently wrong predictions, with its card images.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Mistake {
-    pub path: String,
-    pub label: String,
-    pub pred: String,
-    pub score: f32,
+pub(crate) struct Mistake {
+    pub(crate) path: String,
+    pub(crate) label: String,
+    pub(crate) pred: String,
+    pub(crate) score: f32,
     /// Rank of the true class in the model's top-k (1-based), if it was there.
-    pub true_rank: Option<usize>,
+    pub(crate) true_rank: Option<usize>,
     /// Small JPEG thumbnail, base64.
-    pub thumb_b64: Option<String>,
+    pub(crate) thumb_b64: Option<String>,
     /// Why there is no thumbnail.
-    pub thumb_note: Option<String>,
+    pub(crate) thumb_note: Option<String>,
     /// The image as the model saw it (after resize and crop) with the attention
     /// rollout drawn over it, JPEG base64; only for runs of an attention model.
-    pub rollout_b64: Option<String>,
+    pub(crate) rollout_b64: Option<String>,
 }
 
 /// Top-1 scores of the evaluated rows, binned, split by right and wrong.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ScoreHistogram {
-    pub right: Vec<u64>,
-    pub wrong: Vec<u64>,
+pub(crate) struct ScoreHistogram {
+    pub(crate) right: Vec<u64>,
+    pub(crate) wrong: Vec<u64>,
 }
 
-/// Everything the exporters share, derived once from the run folder.
+/// Everything the exporters share, derived once from the run folder ([`load`]).
 pub struct ReportData {
-    pub file: MetricsFile,
-    pub top1_ci: Option<Interval>,
-    pub topk_ci: Option<Interval>,
-    pub pairs: Vec<ConfusedPair>,
-    pub failures: Vec<Failure>,
-    pub failures_total: usize,
-    pub mistakes: Vec<Mistake>,
+    pub(crate) file: MetricsFile,
+    pub(crate) top1_ci: Option<Interval>,
+    pub(crate) topk_ci: Option<Interval>,
+    pub(crate) pairs: Vec<ConfusedPair>,
+    pub(crate) failures: Vec<Failure>,
+    pub(crate) failures_total: usize,
+    pub(crate) mistakes: Vec<Mistake>,
     /// Wrong evaluated predictions in all.
-    pub wrong_total: usize,
-    pub hist: ScoreHistogram,
+    pub(crate) wrong_total: usize,
+    pub(crate) hist: ScoreHistogram,
     /// Ok rows that carry a warning.
-    pub row_warnings: usize,
+    pub(crate) row_warnings: usize,
 }
 
 impl ReportData {
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.file.metrics
     }
 
     /// Build the report data from rows and the metrics file; `data_dir` is where
     /// thumbnails are read from (None: no thumbnails).
-    pub fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
-        let k = file.metrics.k;
+    pub(crate) fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
         let evaluated: Vec<&Row> = rows.iter().filter(|r| is_evaluated(r)).collect();
-        let flags: Vec<(bool, bool)> = evaluated
-            .iter()
-            .map(|r| {
-                let t = r.label_id.expect("evaluated");
-                let right = r.pred_id == Some(t);
-                let in_k = r
-                    .topk_ids
-                    .as_deref()
-                    .map(|ids| ids.iter().take(k).any(|&i| i == t))
-                    .unwrap_or(right);
-                (right, in_k)
-            })
-            .collect();
+        let flags = right_flags(&evaluated, file.metrics.k);
         let (top1_ci, topk_ci) = match bootstrap(&flags, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-
-        let mut hist = ScoreHistogram {
-            right: vec![0; HIST_BINS],
-            wrong: vec![0; HIST_BINS],
-        };
-        for (r, &(right, _)) in evaluated.iter().zip(&flags) {
-            let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
-            let b = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
-            if right {
-                hist.right[b] += 1;
-            } else {
-                hist.wrong[b] += 1;
-            }
-        }
-
+        let hist = score_histogram(&evaluated, &flags);
         let pairs = confused_pairs(&file.metrics, MAX_PAIRS);
-
-        let mut failures_total = 0;
-        let mut failures = Vec::new();
-        for r in rows.iter().filter(|r| r.status == Status::Error) {
-            failures_total += 1;
-            if failures.len() < MAX_FAILURES {
-                failures.push(Failure {
-                    path: r.path.clone(),
-                    label: r.label.clone(),
-                    error: r.error.clone().unwrap_or_default(),
-                });
-            }
-        }
-
-        let mut wrong: Vec<&Row> = evaluated
+        let (failures, failures_total) = failures(rows);
+        let wrong: Vec<&Row> = evaluated
             .iter()
             .zip(&flags)
             .filter(|(_, f)| !f.0)
             .map(|(r, _)| *r)
             .collect();
         let wrong_total = wrong.len();
-        wrong.sort_by(|a, b| {
-            b.score
-                .unwrap_or(0.0)
-                .total_cmp(&a.score.unwrap_or(0.0))
-                .then_with(|| a.path.cmp(&b.path))
-        });
-        wrong.truncate(MAX_MISTAKES);
-        let name = |id: Option<u32>| {
-            id.and_then(|i| file.run.label_mapping.model_labels.get(i as usize))
-                .cloned()
-        };
-        // Rollout overlays need the run's preprocessing (to show the model's view).
-        let overlay = file.run.attention.as_ref().and_then(|a| {
-            let pre = crate::preprocess::Preprocessor::new(file.run.preprocess.clone()).ok()?;
-            Some((pre, a))
-        });
-        let mistakes: Vec<Mistake> = wrong
-            .par_iter()
-            .map(|r| {
-                // The source file is read and decoded once, for both card images.
-                let source = match data_dir {
-                    None => Err("no data folder recorded".to_string()),
-                    Some(d) => source_image(&d.join(&r.path)),
-                };
-                let (thumb_b64, thumb_note) =
-                    match source.as_ref().map_err(|e| e.clone()).and_then(thumbnail) {
-                        Ok(b) => (Some(b), None),
-                        Err(e) => (None, Some(e)),
-                    };
-                let rollout_b64 = match (&source, &overlay, &r.attn_rollout) {
-                    (Ok(rgb), Some((pre, a)), Some(v)) => rollout_image(rgb, pre, a, v)
-                        .and_then(|img| jpeg_b64(&img))
-                        .ok(),
-                    _ => None,
-                };
-                let t = r.label_id.expect("evaluated");
-                Mistake {
-                    path: r.path.clone(),
-                    label: name(r.label_id).unwrap_or_else(|| r.label.clone()),
-                    pred: r
-                        .pred
-                        .clone()
-                        .or_else(|| name(r.pred_id))
-                        .unwrap_or_default(),
-                    score: r.score.unwrap_or(0.0),
-                    true_rank: r
-                        .topk_ids
-                        .as_deref()
-                        .and_then(|ids| ids.iter().position(|&i| i == t))
-                        .map(|p| p + 1),
-                    thumb_b64,
-                    thumb_note,
-                    rollout_b64,
-                }
-            })
-            .collect();
+        let mistakes = hardest_mistakes(wrong, &file, data_dir);
         let row_warnings = rows
             .iter()
             .filter(|r| r.status == Status::Ok && r.warning.is_some())
@@ -316,13 +229,140 @@ impl ReportData {
     }
 }
 
+/// (top-1 right, true class in the top k) of each evaluated row.
+fn right_flags(evaluated: &[&Row], k: usize) -> Vec<(bool, bool)> {
+    evaluated
+        .iter()
+        .map(|r| {
+            let t = r.label_id.expect("evaluated");
+            let right = r.pred_id == Some(t);
+            let in_k = r
+                .topk_ids
+                .as_deref()
+                .map(|ids| ids.iter().take(k).any(|&i| i == t))
+                .unwrap_or(right);
+            (right, in_k)
+        })
+        .collect()
+}
+
+/// Top-1 scores of the evaluated rows in [`HIST_BINS`] bins, right and wrong apart.
+fn score_histogram(evaluated: &[&Row], flags: &[(bool, bool)]) -> ScoreHistogram {
+    let mut hist = ScoreHistogram {
+        right: vec![0; HIST_BINS],
+        wrong: vec![0; HIST_BINS],
+    };
+    for (r, &(right, _)) in evaluated.iter().zip(flags) {
+        let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
+        let b = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
+        if right {
+            hist.right[b] += 1;
+        } else {
+            hist.wrong[b] += 1;
+        }
+    }
+    hist
+}
+
+/// The first [`MAX_FAILURES`] failed rows, and how many failed in all.
+fn failures(rows: &[Row]) -> (Vec<Failure>, usize) {
+    let mut total = 0;
+    let mut listed = Vec::new();
+    for r in rows.iter().filter(|r| r.status == Status::Error) {
+        total += 1;
+        if listed.len() < MAX_FAILURES {
+            listed.push(Failure {
+                path: r.path.clone(),
+                label: r.label.clone(),
+                error: r.error.clone().unwrap_or_default(),
+            });
+        }
+    }
+    (listed, total)
+}
+
+/// The [`MAX_MISTAKES`] most confidently wrong of `wrong` (ties by path), each with
+/// its thumbnail and, for an attention model, its rollout overlay.
+fn hardest_mistakes(
+    mut wrong: Vec<&Row>,
+    file: &MetricsFile,
+    data_dir: Option<&Path>,
+) -> Vec<Mistake> {
+    wrong.sort_by(|a, b| {
+        b.score
+            .unwrap_or(0.0)
+            .total_cmp(&a.score.unwrap_or(0.0))
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    wrong.truncate(MAX_MISTAKES);
+    // Rollout overlays need the run's preprocessing (to show the model's view).
+    let overlay = file.run.attention.as_ref().and_then(|a| {
+        let pre = crate::preprocess::Preprocessor::new(file.run.preprocess.clone()).ok()?;
+        Some((pre, a))
+    });
+    wrong
+        .par_iter()
+        .map(|r| mistake(r, file, data_dir, overlay.as_ref()))
+        .collect()
+}
+
+/// One mistake card: the row's names and its card images (or why there is none).
+fn mistake(
+    r: &Row,
+    file: &MetricsFile,
+    data_dir: Option<&Path>,
+    overlay: Option<&(
+        crate::preprocess::Preprocessor,
+        &crate::attention::AttentionInfo,
+    )>,
+) -> Mistake {
+    let name = |id: Option<u32>| {
+        id.and_then(|i| file.run.label_mapping.model_labels.get(i as usize))
+            .cloned()
+    };
+    // The source file is read and decoded once, for both card images.
+    let source = match data_dir {
+        None => Err("no data folder recorded".to_string()),
+        Some(d) => source_image(&d.join(&r.path)),
+    };
+    let (thumb_b64, thumb_note) = match source.as_ref().map_err(|e| e.clone()).and_then(thumbnail) {
+        Ok(b) => (Some(b), None),
+        Err(e) => (None, Some(e)),
+    };
+    let rollout_b64 = match (&source, overlay, &r.attn_rollout) {
+        (Ok(rgb), Some((pre, a)), Some(v)) => rollout_image(rgb, pre, a, v)
+            .and_then(|img| jpeg_b64(&img))
+            .ok(),
+        _ => None,
+    };
+    let t = r.label_id.expect("evaluated");
+    Mistake {
+        path: r.path.clone(),
+        label: name(r.label_id).unwrap_or_else(|| r.label.clone()),
+        pred: r
+            .pred
+            .clone()
+            .or_else(|| name(r.pred_id))
+            .unwrap_or_default(),
+        score: r.score.unwrap_or(0.0),
+        true_rank: r
+            .topk_ids
+            .as_deref()
+            .and_then(|ids| ids.iter().position(|&i| i == t))
+            .map(|p| p + 1),
+        thumb_b64,
+        thumb_note,
+        rollout_b64,
+    }
+}
+
 fn is_evaluated(r: &Row) -> bool {
     r.status == Status::Ok && r.label_id.is_some() && r.pred_id.is_some()
 }
 
 /// The `n` largest off-diagonal cells of the confusion matrix (ties: by true label
 /// id, then predicted id).
-pub fn confused_pairs(m: &Metrics, n: usize) -> Vec<ConfusedPair> {
+pub(crate) fn confused_pairs(m: &Metrics, n: usize) -> Vec<ConfusedPair> {
     let c = &m.confusion;
     let mut out = Vec::new();
     for (i, row) in c.matrix.iter().enumerate() {
@@ -370,7 +410,7 @@ impl SplitMix64 {
 
 /// Percentile bootstrap (95%) of top-1 and top-k accuracy over the evaluated rows:
 /// `resamples` draws of n rows with replacement. None when there are no rows.
-pub fn bootstrap(
+pub(crate) fn bootstrap(
     flags: &[(bool, bool)],
     resamples: usize,
     seed: u64,
@@ -445,7 +485,7 @@ pub const ROLLOUT_PX: u32 = THUMB_PX;
 /// The image as the model saw it (`rgb` resized and cropped by the run's own
 /// preprocessing `pre`) with the rollout over its patch grid blended on top in
 /// viridis (dark = little attention, yellow = most), `ROLLOUT_PX` on its long side.
-pub fn rollout_image(
+pub(crate) fn rollout_image(
     rgb: &image::RgbImage,
     pre: &crate::preprocess::Preprocessor,
     attention: &crate::attention::AttentionInfo,
@@ -533,11 +573,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let mut files = Vec::with_capacity(outputs.len());
     for o in outputs {
-        let dest = out_dir.join(&o.rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        crate::fs::atomic_write_bytes(&dest, &o.bytes)?;
+        write_file(&out_dir.join(&o.rel), &o.bytes)?;
         files.push(o.rel);
     }
     Ok(ReportSummary {
@@ -548,9 +584,13 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     })
 }
 
-/// All formats into the run folder itself (what `score` writes at the end of a run).
-pub fn render_run(run_dir: &Path) -> Result<ReportSummary> {
-    render(&ReportOptions::new(run_dir))
+/// The one way the report and the gate write a file: its parent folders are
+/// created, then the file is written atomically (temporary file + rename).
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    crate::fs::atomic_write_bytes(path, bytes)
 }
 
 /// Percent with one decimal.
@@ -558,6 +598,7 @@ pub(crate) fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// Percent with one decimal and its interval, when there is one.
 pub(crate) fn pct_ci(x: f64, ci: Option<Interval>) -> String {
     match ci {
         Some(c) => format!(

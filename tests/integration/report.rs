@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::synth::{self, Spec};
 use crate::util;
 
+use vit_batch::options::ReportOptions;
 use vit_batch::report::{self, charts};
 
 const XSS: &str = "<script>alert(1)</script>";
@@ -150,7 +151,7 @@ fn only_the_asked_formats_are_written_and_default_out_is_the_run() {
     assert!(run.join("report.md").is_file());
     assert!(!run.join("report.html").exists() && !run.join("charts").exists());
     // The library's default: everything into the run folder.
-    let s = report::render_run(&run).unwrap();
+    let s = report::render(&ReportOptions::new(&run)).unwrap();
     assert_eq!(s.out_dir, run);
     assert!(run.join("report.html").is_file() && run.join("charts/reliability.png").is_file());
 }
