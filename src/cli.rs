@@ -166,6 +166,14 @@ fn export(a: ExportCmd) -> Result<i32> {
 }
 
 fn train(a: TrainCmd) -> Result<i32> {
+    if let Some(t) = a.opts.threads {
+        // candle splits its matmuls and sizes its elementwise thread pool from
+        // RAYON_NUM_THREADS, read from the environment (the pool once per process).
+        // The library sets no environment variable (it bounds the matmuls' threads
+        // only); the binary, still single-threaded here, sets it so that `--threads`
+        // bounds all of candle.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
     let mut progress = Terminal::new(a.quiet, "vit-batch");
     let s = vit_batch::train::train(&a.opts, &mut progress).context("train failed")?;
     let acc = s

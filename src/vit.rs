@@ -4,10 +4,17 @@
 //! (and the DeiT / timm variants we read), so a folder written by transformers, optimum
 //! or `vit-batch train` round-trips through serde unchanged. Unknown keys are kept in
 //! `extra` so re-writing a user's config loses nothing.
+//!
+//! [`init_weights`] is the one seeded initialisation of a ViT's weights: `export
+//! --preset --random-init` and `train` both start from it, so a preset and seed give
+//! the same initial tensors in both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -189,6 +196,89 @@ impl VitConfig {
     }
 }
 
+/// HF's `initializer_range`: the std of the initial weights.
+pub const INIT_STD: f32 = 0.02;
+
+/// One initial tensor: its shape and its values, row-major.
+pub type InitTensor = (Vec<usize>, Vec<f32>);
+
+/// Seeded initial weights for `cfg` (which must validate), named as in an HF ViT
+/// checkpoint, following Hugging Face's `ViTPreTrainedModel._init_weights`: Linear and
+/// Conv weights, [CLS] and position embeddings from a normal with std [`INIT_STD`],
+/// truncated at 2 std (resampled); biases 0; LayerNorm weight 1, bias 0. Query / key /
+/// value biases exist when `cfg.qkv_bias` (every preset).
+///
+/// The draws are made in a fixed order (cls token, position embeddings, patch
+/// projection, then per layer query, key, value, attention output, intermediate,
+/// output, then the classifier), so the same (cfg, seed) gives the same values bit for
+/// bit with the pinned `rand` 0.9 (`StdRng` is ChaCha12 there; another major version of
+/// `rand` may change the stream).
+pub fn init_weights(cfg: &VitConfig, seed: u64) -> BTreeMap<String, InitTensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, INIT_STD).expect("valid std");
+    let mut trunc = |shape: Vec<usize>| -> InitTensor {
+        let n: usize = shape.iter().product();
+        let values = (0..n)
+            .map(|_| loop {
+                let v = normal.sample(&mut rng);
+                if v.abs() <= 2.0 * INIT_STD {
+                    break v;
+                }
+            })
+            .collect();
+        (shape, values)
+    };
+    let fill = |shape: Vec<usize>, v: f32| -> InitTensor {
+        let n: usize = shape.iter().product();
+        (shape, vec![v; n])
+    };
+    let d = cfg.hidden_size;
+    let i = cfg.intermediate_size;
+    let p = cfg.patch_size;
+    let c = cfg.num_labels();
+    let mut m = BTreeMap::new();
+    let e = "vit.embeddings";
+    m.insert(format!("{e}.cls_token"), trunc(vec![1, 1, d]));
+    m.insert(
+        format!("{e}.position_embeddings"),
+        trunc(vec![1, cfg.num_patches() + 1, d]),
+    );
+    m.insert(
+        format!("{e}.patch_embeddings.projection.weight"),
+        trunc(vec![d, cfg.num_channels, p, p]),
+    );
+    m.insert(
+        format!("{e}.patch_embeddings.projection.bias"),
+        fill(vec![d], 0.0),
+    );
+    for li in 0..cfg.num_hidden_layers {
+        let l = format!("vit.encoder.layer.{li}");
+        for ln in ["layernorm_before", "layernorm_after"] {
+            m.insert(format!("{l}.{ln}.weight"), fill(vec![d], 1.0));
+            m.insert(format!("{l}.{ln}.bias"), fill(vec![d], 0.0));
+        }
+        for (name, out, inp) in [
+            ("attention.attention.query", d, d),
+            ("attention.attention.key", d, d),
+            ("attention.attention.value", d, d),
+            ("attention.output.dense", d, d),
+            ("intermediate.dense", i, d),
+            ("output.dense", d, i),
+        ] {
+            m.insert(format!("{l}.{name}.weight"), trunc(vec![out, inp]));
+            let is_qkv = name.starts_with("attention.attention");
+            if !is_qkv || cfg.qkv_bias {
+                m.insert(format!("{l}.{name}.bias"), fill(vec![out], 0.0));
+            }
+        }
+    }
+    m.insert("vit.layernorm.weight".into(), fill(vec![d], 1.0));
+    m.insert("vit.layernorm.bias".into(), fill(vec![d], 0.0));
+    m.insert("classifier.weight".into(), trunc(vec![c, d]));
+    m.insert("classifier.bias".into(), fill(vec![c], 0.0));
+    m
+}
+
 /// Class names ordered by id from an `id2label` map with keys "0".."C-1".
 pub fn labels_from_id2label(map: &BTreeMap<String, String>) -> Result<Vec<String>> {
     let mut out = vec![None; map.len()];
@@ -219,6 +309,53 @@ mod tests {
             assert_eq!(back.labels().unwrap()[3], "LABEL_3");
         }
         assert!(VitConfig::preset("nope", 2).is_err());
+    }
+
+    #[test]
+    fn init_is_seeded_truncated_and_follows_qkv_bias() {
+        let mut cfg = VitConfig::preset("vit-micro", 3).unwrap();
+        let a = init_weights(&cfg, 7);
+        let key = "vit.encoder.layer.1.attention.attention.key.weight";
+        assert_eq!(a[key], init_weights(&cfg, 7)[key]);
+        assert_ne!(a[key], init_weights(&cfg, 8)[key]);
+        let v = &a[key].1;
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(
+            mean.abs() < 0.002 && (0.015..0.02).contains(&std),
+            "mean {mean} std {std}"
+        );
+        assert!(v.iter().all(|x| x.abs() <= 2.0 * INIT_STD));
+        assert_eq!(a["vit.layernorm.weight"].1, vec![1.0; 64]);
+        assert!(a["classifier.bias"].1.iter().all(|&x| x == 0.0));
+        assert!(a.contains_key("vit.encoder.layer.0.attention.attention.query.bias"));
+        cfg.qkv_bias = false;
+        let b = init_weights(&cfg, 7);
+        assert!(!b.contains_key("vit.encoder.layer.0.attention.attention.query.bias"));
+        assert_eq!(b[key], a[key], "biases draw nothing");
+    }
+
+    /// The stream `train` and `export --preset` start from (the committed digits
+    /// checkpoint was trained from it): a change here changes every seeded model.
+    #[test]
+    fn init_values_are_pinned() {
+        let cfg = VitConfig::preset("vit-digits", 10).unwrap();
+        let w = init_weights(&cfg, 0);
+        let first = |k: &str| w[k].1[..3].to_vec();
+        assert_eq!(
+            first("vit.embeddings.cls_token"),
+            [0.01425626, 0.017166628, 0.0032668852]
+        );
+        assert_eq!(
+            first("classifier.weight"),
+            [-0.015235911, 0.0041871485, 0.023521887]
+        );
+        let bits: u64 = w
+            .values()
+            .flat_map(|t| &t.1)
+            .map(|v| v.to_bits() as u64)
+            .sum();
+        assert_eq!(bits, 426576147948308, "the sum of every value's bits");
     }
 
     #[test]
