@@ -2,6 +2,7 @@
 //!
 //! One module per pipeline stage. Library modules never see CLI flags: the binary
 //! (`src/main.rs` + `cli`) turns flags into the option structs defined here.
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod compare;

@@ -38,27 +38,40 @@ fn default_true() -> bool {
 /// `config.json` of a Hugging Face ViT checkpoint (field names are HF's).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VitConfig {
+    /// "vit" (or "deit").
     #[serde(default = "default_model_type")]
     pub model_type: String,
+    /// Model classes that can load this config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architectures: Option<Vec<String>>,
+    /// Input height and width, in pixels.
     pub image_size: usize,
+    /// Side of a square patch, in pixels.
     pub patch_size: usize,
+    /// Input channels (3).
     #[serde(default = "default_channels")]
     pub num_channels: usize,
+    /// Width D of the token embeddings.
     pub hidden_size: usize,
+    /// Encoder blocks L.
     pub num_hidden_layers: usize,
+    /// Attention heads per block.
     pub num_attention_heads: usize,
+    /// Width of the MLP's hidden layer (4D for ViT).
     pub intermediate_size: usize,
+    /// "gelu" (exact, erf) or a tanh approximation.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// LayerNorm epsilon (1e-12 for HF ViT, 1e-6 for timm).
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Whether the Q, K, V projections have biases.
     #[serde(default = "default_true")]
     pub qkv_bias: bool,
     /// Class index (as a decimal string, HF's convention) to class name.
     #[serde(default)]
     pub id2label: BTreeMap<String, String>,
+    /// Class name to id, as transformers writes it.
     #[serde(default)]
     pub label2id: BTreeMap<String, serde_json::Value>,
     /// Every other key of the file, preserved verbatim.
@@ -130,6 +143,7 @@ impl VitConfig {
         labels_from_id2label(&self.id2label)
     }
 
+    /// Number of classes (entries of `id2label`).
     pub fn num_labels(&self) -> usize {
         self.id2label.len()
     }
@@ -144,6 +158,7 @@ impl VitConfig {
         self.grid() * self.grid()
     }
 
+    /// Width of one attention head (D / heads).
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -184,6 +199,7 @@ impl VitConfig {
         Ok(())
     }
 
+    /// Read a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::Config {
@@ -191,6 +207,7 @@ impl VitConfig {
         })
     }
 
+    /// This config as `config.json` text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serializes")
     }
