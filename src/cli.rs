@@ -210,6 +210,29 @@ fn report(o: ReportOptions) -> Result<i32> {
 /// Print the gate's verdict (a line per gate and the first broken images) on stdout
 /// and give the exit code.
 fn print_verdict(r: &vit_batch::compare::CompareReport) -> i32 {
+    for w in &r.warnings {
+        println!("vit-batch compare: WARNING: {}", clean(w));
+    }
+    for m in &r.metadata {
+        let value = |v: &str| {
+            let v = clean(v);
+            if v.chars().count() > 48 {
+                format!("{}...", v.chars().take(45).collect::<String>())
+            } else {
+                v
+            }
+        };
+        println!(
+            "  {:<20} {}{}",
+            m.key,
+            value(&m.baseline),
+            if m.differs {
+                format!("  ->  {}  (DIFFERS)", value(&m.candidate))
+            } else {
+                String::new()
+            }
+        );
+    }
     println!("vit-batch compare: {}", clean(&r.one_line()));
     for g in &r.gates {
         println!(

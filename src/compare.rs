@@ -211,7 +211,8 @@ pub struct Flip {
 pub struct CompareReport {
     /// Fail when any gate failed.
     pub verdict: Verdict,
-    /// Every gate, in a fixed order (accuracy, class_recall, mcnemar, throughput).
+    /// Every gate, in a fixed order (accuracy, class_recall, mcnemar, throughput,
+    /// labels).
     pub gates: Vec<Gate>,
     /// The options compared with.
     pub options: CompareOptions,
@@ -231,6 +232,25 @@ pub struct CompareReport {
     pub regressions: Vec<Flip>,
     /// Wrong in the baseline, right in the candidate (sorted by path).
     pub fixes: Vec<Flip>,
+    /// What the two runs were made with, side by side (model, preprocessing,
+    /// provider, ONNX Runtime, top-k, dataset); every output shows it first.
+    pub metadata: Vec<MetaDiff>,
+    /// Loud notes: what was allowed that makes the comparison weaker (different
+    /// data, changed labels, a partial image set).
+    pub warnings: Vec<String>,
+}
+
+/// One line of the metadata diff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaDiff {
+    /// What is compared (`model_sha256`, `preprocess`, ...).
+    pub key: String,
+    /// The baseline's value.
+    pub baseline: String,
+    /// The candidate's value.
+    pub candidate: String,
+    /// The two differ.
+    pub differs: bool,
 }
 
 impl CompareReport {
@@ -401,6 +421,84 @@ pub fn compare(opts: &CompareOptions) -> Result<CompareReport> {
     compare_runs(opts, &base, &cand)
 }
 
+/// The metadata diff of two runs.
+fn metadata(base: &LoadedRun, cand: &LoadedRun) -> Vec<MetaDiff> {
+    let field = |r: &LoadedRun| {
+        let run = &r.metrics.run;
+        vec![
+            ("model_sha256", run.model_sha256.clone()),
+            (
+                "preprocess",
+                serde_json::to_string(&run.preprocess).unwrap_or_default(),
+            ),
+            ("preprocess_source", run.preprocess_source.clone()),
+            ("provider", format!("{:?}", run.provider).to_lowercase()),
+            ("onnxruntime_version", run.onnxruntime_version.clone()),
+            ("top_k", r.metrics.metrics.k.to_string()),
+            ("dataset_fingerprint", run.dataset_fingerprint.clone()),
+            ("tool_version", run.tool_version.clone()),
+        ]
+    };
+    field(base)
+        .into_iter()
+        .zip(field(cand))
+        .map(|((key, b), (_, c))| MetaDiff {
+            key: key.to_string(),
+            differs: b != c,
+            baseline: b,
+            candidate: c,
+        })
+        .collect()
+}
+
+/// Class folder -> model label name, of the classes a run maps.
+fn mapped_classes(r: &LoadedRun) -> BTreeMap<String, String> {
+    let m = &r.metrics.run.label_mapping;
+    m.class_to_id
+        .iter()
+        .map(|(class, &id)| {
+            let name = m
+                .model_labels
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| id.to_string());
+            (class.clone(), name)
+        })
+        .collect()
+}
+
+/// Refuse runs of different datasets (unless allowed) and collect the warnings of
+/// whatever was allowed.
+fn check_same_data(
+    opts: &CompareOptions,
+    base: &LoadedRun,
+    cand: &LoadedRun,
+) -> Result<Vec<String>> {
+    let (fb, fc) = (
+        &base.metrics.run.dataset_fingerprint,
+        &cand.metrics.run.dataset_fingerprint,
+    );
+    if fb == fc {
+        return Ok(vec![]);
+    }
+    let what = format!(
+        "the runs scored different data (dataset fingerprint {} vs {}): same paths may be other images",
+        crate::run::short_hash(fb),
+        crate::run::short_hash(fc)
+    );
+    if !opts.allow_different_data {
+        return Err(Error::Compare {
+            what: format!(
+                "{what}; pass {} to compare them anyway",
+                crate::error::option_name("allow_different_data")
+            ),
+        });
+    }
+    Ok(vec![format!(
+        "DIFFERENT DATA (allowed by allow_different_data): {what}"
+    )])
+}
+
 /// [`compare`] on runs already in memory, step by step: pair the rows by path,
 /// count them, then derive coverage, accuracy, per-class recall and the gates.
 pub(crate) fn compare_runs(
@@ -409,9 +507,33 @@ pub(crate) fn compare_runs(
     cand: &LoadedRun,
 ) -> Result<CompareReport> {
     opts.validate()?;
+    let mut warnings = check_same_data(opts, base, cand)?;
     let aligned = align(base, cand, opts.allow_partial)?;
     let tally = tally(&aligned)?;
     let coverage = coverage(&aligned, &tally);
+    if coverage.partial {
+        let pct = 100.0 * coverage.fraction;
+        if let Some(min) = opts.min_coverage {
+            if pct + EPS < min {
+                return Err(Error::Compare {
+                    what: format!(
+                        "partial comparison covers {pct:.1}% of the images, below min_coverage {min}%"
+                    ),
+                });
+            }
+        }
+        warnings.push(format!(
+            "PARTIAL: {} common images ({pct:.1}% of all), {} only in the baseline, {} only in the candidate",
+            coverage.matched, coverage.only_baseline, coverage.only_candidate
+        ));
+    }
+    let (labels, labels_changed) = labels_gate(&mapped_classes(base), &mapped_classes(cand), opts);
+    if labels_changed && opts.allow_label_change {
+        warnings.push(format!(
+            "LABELS CHANGED (allowed by allow_label_change): {}",
+            labels.observed
+        ));
+    }
     let accuracy = accuracy(&tally);
     let per_class = class_deltas(&tally.classes, opts);
     let (b, c) = (tally.regressions.len() as u64, tally.fixes.len() as u64);
@@ -431,6 +553,7 @@ pub(crate) fn compare_runs(
             cand.metrics.throughput.images_per_s,
             opts.max_throughput_drop_pct,
         ),
+        labels,
     ];
     let verdict = if gates.iter().any(|g| g.verdict == Verdict::Fail) {
         Verdict::Fail
@@ -449,7 +572,62 @@ pub(crate) fn compare_runs(
         per_class,
         regressions: tally.regressions,
         fixes: tally.fixes,
+        metadata: metadata(base, cand),
+        warnings,
     })
+}
+
+/// The label-set gate: both runs must map the same class folders onto the same
+/// model label names, or a candidate could drop the classes it gets wrong out of the
+/// comparison by renaming them. Fails on any difference unless `allow_label_change`.
+fn labels_gate(
+    b: &BTreeMap<String, String>,
+    c: &BTreeMap<String, String>,
+    opts: &CompareOptions,
+) -> (Gate, bool) {
+    let changed: Vec<&str> = b
+        .keys()
+        .chain(c.keys())
+        .filter(|k| b.get(*k) != c.get(*k))
+        .map(|k| k.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let observed = if changed.is_empty() {
+        format!("{} classes mapped the same way", b.len())
+    } else {
+        let shown: Vec<&str> = changed.iter().take(10).copied().collect();
+        format!(
+            "{} of {} classes mapped differently ({}{})",
+            changed.len(),
+            b.len().max(c.len()),
+            shown.join(", "),
+            if changed.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )
+    };
+    let (verdict, message) = match (changed.is_empty(), opts.allow_label_change) {
+        (true, _) => (Verdict::Pass, "both runs map every class to the same model label".to_string()),
+        (false, true) => (
+            Verdict::Pass,
+            "the label sets differ; allowed by allow_label_change (rows unmapped in one run count as wrong for it)".to_string(),
+        ),
+        (false, false) => (
+            Verdict::Fail,
+            "the label sets differ: a class mapped in one run and not (or elsewhere) in the other; rows unmapped in one run count as wrong for it".to_string(),
+        ),
+    };
+    let gate = Gate {
+        name: "labels".into(),
+        verdict,
+        threshold: "same class -> label mapping".into(),
+        observed,
+        message,
+    };
+    (gate, !changed.is_empty())
 }
 
 /// The two runs' rows paired by path.
@@ -532,7 +710,10 @@ fn tally(a: &Aligned) -> Result<Tally> {
                 ),
             });
         }
-        if b.label_id.is_none() || c.label_id.is_none() {
+        // Unmapped in both: neither model knows the class. Unmapped in one run only:
+        // compared, and wrong for that run (`right` needs a label id), so that a
+        // renamed label cannot take images out of the comparison.
+        if b.label_id.is_none() && c.label_id.is_none() {
             t.unmapped += 1;
             continue;
         }

@@ -498,6 +498,21 @@ pub struct CompareOptions {
     #[arg(long)]
     #[serde(default)]
     pub allow_partial: bool,
+    /// With allow_partial: refuse (exit 2) when the common images are fewer than
+    /// this percentage of all images in either run.
+    #[arg(long, value_name = "PCT", requires = "allow_partial")]
+    #[serde(default)]
+    pub min_coverage: Option<f64>,
+    /// Compare runs of different datasets (their fingerprints differ): same paths
+    /// may then be different images. Every output says so.
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_different_data: bool,
+    /// Pass the labels gate even when the runs map class folders to different model
+    /// labels (rows unmapped in one run still count as wrong for it).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_label_change: bool,
     /// Write JUnit XML (one testcase per gate).
     #[arg(long, value_name = "FILE")]
     #[serde(default, skip_serializing)]
@@ -524,6 +539,9 @@ impl CompareOptions {
             alpha: DEFAULT_ALPHA,
             max_throughput_drop_pct: None,
             allow_partial: false,
+            min_coverage: None,
+            allow_different_data: false,
+            allow_label_change: false,
             junit: None,
             markdown: None,
             json: None,
@@ -550,6 +568,17 @@ impl CompareOptions {
         }
         if let Some(t) = self.max_throughput_drop_pct {
             finite_nonneg("max_throughput_drop_pct", t, "percent")?;
+        }
+        if let Some(c) = self.min_coverage {
+            if !(0.0..=100.0).contains(&c) {
+                return Err(invalid(
+                    "min_coverage",
+                    format!("must be a percentage in [0, 100], got {c}"),
+                ));
+            }
+            if !self.allow_partial {
+                return Err(invalid("min_coverage", "only applies with allow_partial"));
+            }
         }
         Ok(())
     }

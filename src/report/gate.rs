@@ -113,6 +113,7 @@ impl CompareReport {
 pub(crate) fn markdown(r: &CompareReport) -> String {
     let mut s = String::new();
     markdown_header(&mut s, r);
+    markdown_metadata(&mut s, r);
     markdown_gates(&mut s, r);
     markdown_flips(&mut s, "Right → wrong", &r.regressions);
     markdown_flips(&mut s, "Wrong → right", &r.fixes);
@@ -167,6 +168,33 @@ fn markdown_header(s: &mut String, r: &CompareReport) {
             c.baseline_errors, c.candidate_errors
         );
     }
+}
+
+/// The warnings, then the two runs' metadata side by side, differences in bold.
+fn markdown_metadata(s: &mut String, r: &CompareReport) {
+    for w in &r.warnings {
+        let _ = writeln!(s, "> ⚠️ **{}**\n", escape::markdown(w));
+    }
+    let _ = writeln!(s, "| | baseline | candidate |\n|---|---|---|");
+    for m in &r.metadata {
+        let cell = |v: &str| {
+            let v = escape::markdown_code(v);
+            if m.differs {
+                format!("**`{v}`**")
+            } else {
+                format!("`{v}`")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {} |",
+            escape::markdown(&m.key),
+            if m.differs { " (differs)" } else { "" },
+            cell(&m.baseline),
+            cell(&m.candidate)
+        );
+    }
+    s.push('\n');
 }
 
 /// The table of gates, then why each failed gate failed.
@@ -289,12 +317,18 @@ pub(crate) fn junit(r: &CompareReport) -> String {
         "  <testsuite name=\"vit-batch compare\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"0\">"
     );
     let _ = writeln!(s, "    <properties>");
-    for (k, v) in [
-        ("baseline", r.baseline.dir.as_str()),
-        ("candidate", r.candidate.dir.as_str()),
-        ("baseline_model_sha256", r.baseline.model_sha256.as_str()),
-        ("candidate_model_sha256", r.candidate.model_sha256.as_str()),
-    ] {
+    let mut props = vec![
+        ("baseline".to_string(), r.baseline.dir.as_str()),
+        ("candidate".to_string(), r.candidate.dir.as_str()),
+    ];
+    for m in &r.metadata {
+        props.push((format!("baseline_{}", m.key), m.baseline.as_str()));
+        props.push((format!("candidate_{}", m.key), m.candidate.as_str()));
+    }
+    for (i, w) in r.warnings.iter().enumerate() {
+        props.push((format!("warning_{i}"), w.as_str()));
+    }
+    for (k, v) in &props {
         let _ = writeln!(
             s,
             "      <property name=\"{}\" value=\"{}\"/>",

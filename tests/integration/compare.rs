@@ -297,7 +297,13 @@ for c in cases:
         .collect()
 }
 
-const GATES: [&str; 4] = ["accuracy", "class_recall", "mcnemar", "throughput"];
+const GATES: [&str; 5] = [
+    "accuracy",
+    "class_recall",
+    "mcnemar",
+    "throughput",
+    "labels",
+];
 
 fn assert_one_testcase_per_gate(cases: &[(String, bool, bool)]) {
     let names: Vec<&str> = cases.iter().map(|c| c.0.as_str()).collect();
@@ -960,4 +966,205 @@ json = "gate.json"
     assert_eq!(r["coverage"]["compared"], 40);
     let m = read_json(&cwd.join("run/metrics.json"));
     assert!(m["run"]["model"].as_str().unwrap().ends_with("model"));
+}
+
+// ---------------------------------------------------------------------------
+// (d) no way around the gate
+
+/// The trained fixture model with the labels of `renamed` classes renamed in its
+/// `config.json` (`id2label` and `label2id`), as a candidate might ship it.
+fn model_with_renamed_labels(dst: &Path, renamed: &[usize]) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["model.onnx", "preprocessor_config.json"] {
+        std::fs::copy(fixture_model().join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg = read_json(&fixture_model().join("config.json"));
+    let mut label2id = serde_json::Map::new();
+    for i in 0..CLASSES {
+        let name = if renamed.contains(&i) {
+            format!("renamed-{i}")
+        } else {
+            cfg["id2label"][i.to_string()].as_str().unwrap().to_string()
+        };
+        cfg["id2label"][i.to_string()] = serde_json::json!(name);
+        label2id.insert(name, serde_json::json!(i));
+    }
+    cfg["label2id"] = serde_json::Value::Object(label2id);
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    dst.to_path_buf()
+}
+
+fn gate_json(cand: &Path, extra: &[&str], j: &Path) -> (Output, serde_json::Value) {
+    let mut args = vec!["--json", j.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = compare_cmd(&baseline(), cand, &args);
+    let r = read_json(j);
+    (o, r)
+}
+
+fn gate_verdict<'a>(r: &'a serde_json::Value, name: &str) -> &'a str {
+    r["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("gate {name}: {r}"))["verdict"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn renamed_labels_cannot_take_images_out_of_the_gate() {
+    let t = util::tempdir();
+    // Nine of ten labels renamed: those images are unmapped for the candidate.
+    let model = model_with_renamed_labels(&t.path().join("m9"), &(1..CLASSES).collect::<Vec<_>>());
+    let cand = t.path().join("cand9");
+    score(&digits_test(), &model, &cand);
+    let j = t.path().join("r9.json");
+    let (o, r) = gate_json(&cand, &[], &j);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&o),
+        util::stderr(&o)
+    );
+    assert_eq!(
+        r["coverage"]["compared"], 360,
+        "every image stays in the comparison"
+    );
+    assert_eq!(gate_verdict(&r, "labels"), "fail");
+    assert_eq!(gate_verdict(&r, "accuracy"), "fail");
+    let right = r["accuracy"]["candidate_right"].as_u64().unwrap();
+    assert!(right <= 36, "only class 0 can be right: {right}");
+    let cases = junit_cases(&{
+        let x = t.path().join("r9.xml");
+        compare_cmd(&baseline(), &cand, &["--junit", x.to_str().unwrap()]);
+        x
+    });
+    assert!(cases.iter().any(|c| c.0 == "labels" && c.1), "{cases:?}");
+
+    // One label renamed: the label gate still fails, nothing is dropped.
+    let model = model_with_renamed_labels(&t.path().join("m1"), &[4]);
+    let cand = t.path().join("cand1");
+    score(&digits_test(), &model, &cand);
+    let (o, r) = gate_json(&cand, &[], &t.path().join("r1.json"));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(r["coverage"]["compared"], 360);
+    assert_eq!(gate_verdict(&r, "labels"), "fail");
+    assert!(
+        r["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "labels"
+                && g["observed"].as_str().unwrap().contains("1 of 10 classes")),
+        "{r}"
+    );
+
+    // Allowed: the labels gate passes, loudly, and the renamed class still counts
+    // as wrong for the candidate (36 right→wrong images at least for class 4).
+    let (o, r) = gate_json(&cand, &["--allow-label-change"], &t.path().join("r1a.json"));
+    assert_eq!(gate_verdict(&r, "labels"), "pass");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("LABELS CHANGED"),
+        "{r}"
+    );
+    assert!(
+        stdout(&o).contains("WARNING: LABELS CHANGED"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(o.status.code(), Some(1), "class 4 is lost: {}", stdout(&o));
+}
+
+#[test]
+fn same_paths_other_images_are_refused_unless_allowed() {
+    let t = util::tempdir();
+    // The test set with the first three images of each class replaced by training
+    // images of that class under the test images' names.
+    let data = t.path().join("data");
+    for c in 0..CLASSES {
+        let (src, dst) = (digits_test().join(c.to_string()), data.join(c.to_string()));
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        let mut train: Vec<_> =
+            std::fs::read_dir(util::fixtures().join(format!("digits/train/{c}")))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+        train.sort();
+        for (i, n) in names.iter().enumerate() {
+            let from = if i < 3 { train[i].clone() } else { src.join(n) };
+            std::fs::copy(from, dst.join(n)).unwrap();
+        }
+    }
+    let cand = t.path().join("cand");
+    score(&data, &fixture_model(), &cand);
+    let fp = |d: &Path| read_json(&d.join("metrics.json"))["run"]["dataset_fingerprint"].clone();
+    assert_ne!(
+        fp(&cand),
+        fp(&baseline()),
+        "the swapped images change the fingerprint"
+    );
+
+    let o = compare_cmd(&baseline(), &cand, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let e = util::stderr(&o);
+    assert!(
+        e.contains("different data") && e.contains("--allow-different-data"),
+        "{e}"
+    );
+
+    let md = t.path().join("g.md");
+    let j = t.path().join("g.json");
+    let o = compare_cmd(
+        &baseline(),
+        &cand,
+        &[
+            "--allow-different-data",
+            "--json",
+            j.to_str().unwrap(),
+            "--markdown",
+            md.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(1)),
+        "{}",
+        util::stderr(&o)
+    );
+    assert!(
+        stdout(&o).starts_with("vit-batch compare: WARNING: DIFFERENT DATA"),
+        "{}",
+        stdout(&o)
+    );
+    let r = read_json(&j);
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("DIFFERENT DATA"),
+        "{r}"
+    );
+    let m = r["metadata"].as_array().unwrap();
+    let fpd = m
+        .iter()
+        .find(|x| x["key"] == "dataset_fingerprint")
+        .unwrap();
+    assert_eq!(fpd["differs"], true);
+    let same = m.iter().find(|x| x["key"] == "model_sha256").unwrap();
+    assert_eq!(same["differs"], false);
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        text.contains("DIFFERENT DATA") && text.contains("dataset\\_fingerprint (differs)"),
+        "{text}"
+    );
 }
