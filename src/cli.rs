@@ -6,7 +6,8 @@
 //! and maps the result to an exit code.
 //!
 //! Exit codes (documented in the README): 0 success (a run with per-image errors
-//! still succeeded), 1 the regression gate failed, 2 usage, input or model error.
+//! still succeeded), 1 the regression gate failed, 2 usage, input or model error,
+//! 3 a finished run failed a data-quality gate (nothing evaluated, too many errors).
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,7 @@ use crate::terminal::{clean, Terminal};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_REGRESSION: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
+pub const EXIT_DATA_QUALITY: i32 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -326,7 +328,17 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vit-batch: error: {}", clean(&error_chain(&e)));
-            EXIT_ERROR
+            let quality = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<vit_batch::Error>(),
+                    Some(vit_batch::Error::DataQuality { .. })
+                )
+            });
+            if quality {
+                EXIT_DATA_QUALITY
+            } else {
+                EXIT_ERROR
+            }
         }
     }
 }

@@ -65,6 +65,15 @@ pub enum Error {
         /// Why the commit failed.
         cause: Box<Error>,
     },
+    /// A finished run failed a data-quality gate (nothing evaluated, too many
+    /// failed images): its outputs are written, its numbers are not to be trusted.
+    #[error("data quality: {what} (the run's files are in {})", run.display())]
+    DataQuality {
+        /// The run folder.
+        run: PathBuf,
+        /// Which gates failed, and by how much.
+        what: String,
+    },
     /// Writing a file failed for a reason other than an OS error.
     #[error("cannot write {}: {cause}", path.display())]
     Write {
@@ -130,6 +139,16 @@ pub enum Error {
     Pipeline {
         /// What happened, naming the file, table and key.
         what: String,
+    },
+    /// A pipeline stage failed; `cause` is why (kept typed, so the exit code of a
+    /// data-quality failure is the same from a pipeline as from `score`).
+    #[error("stage {stage} failed: {cause}")]
+    Stage {
+        /// The stage's table name.
+        stage: &'static str,
+        /// The stage's error.
+        #[source]
+        cause: Box<Error>,
     },
     /// Two runs cannot be compared.
     #[error("compare: {what}")]

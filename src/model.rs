@@ -100,6 +100,10 @@ impl ModelBundle {
             let pp = dir.join("preprocessor_config.json");
             if pp.is_file() {
                 preprocess = Some(PreprocessConfig::from_file(&pp)?);
+            } else if pp.symlink_metadata().is_ok() {
+                return Err(Error::Model {
+                    what: format!("{} is not a readable file (a dangling link?)", pp.display()),
+                });
             }
         }
         Ok(ModelBundle {

@@ -129,6 +129,25 @@ fn at_least_one(option: &'static str, v: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a URI where a local path is expected: `s3://bucket/out` would otherwise be
+/// written to `./s3:/bucket/out` and reported as written.
+fn local_path(option: &'static str, p: &std::path::Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if let Some((scheme, _)) = s.split_once("://") {
+        let uri_like = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+        if uri_like {
+            return Err(invalid(
+                option,
+                format!("'{s}' is a URI ({scheme}://): vit-batch reads and writes local paths only; copy or mount it first"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn finite_nonneg(option: &'static str, v: f64, unit: &str) -> Result<()> {
     if !(v.is_finite() && v >= 0.0) {
         return Err(invalid(
@@ -166,6 +185,40 @@ fn de_shard<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Shard
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| s.parse().map_err(serde::de::Error::custom))
         .transpose()
+}
+
+/// Where `score` takes its preprocessing from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessMode {
+    /// The model folder's `preprocessor_config.json` (required).
+    #[default]
+    Model,
+    /// ImageNet mean/std, bilinear, resize to the model's input size.
+    Defaults,
+}
+
+/// A resize filter, as Pillow names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resample {
+    /// Pillow NEAREST (0).
+    Nearest,
+    /// Pillow BILINEAR (2).
+    Bilinear,
+    /// Pillow BICUBIC (3).
+    Bicubic,
+}
+
+impl Resample {
+    /// Pillow's code, as `preprocessor_config.json` writes it.
+    pub fn pil_code(self) -> u32 {
+        match self {
+            Resample::Nearest => crate::preprocess::PIL_NEAREST,
+            Resample::Bilinear => crate::preprocess::PIL_BILINEAR,
+            Resample::Bicubic => crate::preprocess::PIL_BICUBIC,
+        }
+    }
 }
 
 /// `vit-batch score`: score a labeled image folder with an ONNX ViT.
@@ -212,6 +265,42 @@ pub struct ScoreOptions {
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     #[serde(default = "defaults::max_pixels")]
     pub max_pixels: u64,
+    /// Where the preprocessing comes from: `model` (the model folder's
+    /// preprocessor_config.json; a model without one is refused) or `defaults`
+    /// (ImageNet mean/std, bilinear, resize to the model's input size).
+    #[arg(long, value_enum, default_value_t = PreprocessMode::Model)]
+    #[serde(default)]
+    pub preprocess: PreprocessMode,
+    /// Override: output side in pixels (square), after any crop.
+    #[arg(long, value_name = "PX")]
+    #[serde(default)]
+    pub size: Option<u32>,
+    /// Override: resize filter.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub resample: Option<Resample>,
+    /// Override: per-channel mean, e.g. 0.485,0.456,0.406.
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+    /// Override: per-channel std, e.g. 0.229,0.224,0.225.
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
+    #[serde(default)]
+    pub std: Option<Vec<f32>>,
+    /// Fail the run (exit 3) when more than this percentage of its images fail to
+    /// score. A run that evaluates no image at all always fails.
+    #[arg(long, value_name = "PCT")]
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// Fail the run (exit 3) when fewer images than this are evaluated.
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub min_evaluated: Option<u64>,
+    /// Override, as timm's crop_pct: resize the shorter side to size / crop_pct, then
+    /// centre-crop size x size (e.g. 0.875 or 0.9).
+    #[arg(long, value_name = "F")]
+    #[serde(default)]
+    pub crop_pct: Option<f64>,
     /// ONNX Runtime intra-op spinning: on (ORT's default, measured faster here) or off
     /// (idle ORT threads sleep at once, leaving the cores to other work).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = BoolishValueParser::new())]
@@ -262,6 +351,14 @@ impl ScoreOptions {
             limit: None,
             ort_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
+            preprocess: PreprocessMode::Model,
+            size: None,
+            resample: None,
+            mean: None,
+            std: None,
+            crop_pct: None,
+            max_error_rate: None,
+            min_evaluated: None,
             ort_spin: true,
             resume: false,
             overwrite: false,
@@ -304,6 +401,39 @@ impl ScoreOptions {
         }
         if self.max_pixels == 0 {
             return Err(invalid("max_pixels", "must be at least 1"));
+        }
+        if let Some(r) = self.max_error_rate {
+            if !(0.0..=100.0).contains(&r) {
+                return Err(invalid(
+                    "max_error_rate",
+                    format!("must be a percentage in [0, 100], got {r}"),
+                ));
+            }
+        }
+        local_path("data_dir", &self.data_dir)?;
+        local_path("out", &self.out)?;
+        local_path("model", &self.model)?;
+        if self.size == Some(0) {
+            return Err(invalid("size", "must be at least 1"));
+        }
+        if let Some(c) = self.crop_pct {
+            if !(c > 0.0 && c <= 1.0) {
+                return Err(invalid("crop_pct", format!("must be in (0, 1], got {c}")));
+            }
+        }
+        for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if let Some(v) = v {
+                if v.len() != 3 || v.iter().any(|x| !x.is_finite()) {
+                    return Err(invalid(name, "takes three numbers, R,G,B"));
+                }
+            }
+        }
+        if self
+            .std
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|&x| x <= 0.0))
+        {
+            return Err(invalid("std", "must be positive"));
         }
         Ok(())
     }

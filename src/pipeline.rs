@@ -450,9 +450,10 @@ impl<'a> Planner<'a> {
     }
 }
 
-fn stage_err(stage: &str, e: Error) -> Error {
-    Error::Pipeline {
-        what: format!("stage {stage} failed: {e}"),
+fn stage_err(stage: &'static str, e: Error) -> Error {
+    Error::Stage {
+        stage,
+        cause: Box::new(e),
     }
 }
 

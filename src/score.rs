@@ -6,7 +6,7 @@
 //! memory stays flat whatever the dataset size. Everything a run depends on is
 //! written to `run.json` first; `--resume` checks it and scores only missing parts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -54,20 +54,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             spinning: opts.ort_spin,
         },
     )?;
-    let (pcfg, psource) = match &bundle.preprocess {
-        Some(p) => (p.clone(), "preprocessor_config.json".to_string()),
-        None => {
-            let (Some(h), Some(w)) = (engine.io.height, engine.io.width) else {
-                return Err(Error::Model {
-                    what: "the model's input has a dynamic height/width and there is no preprocessor_config.json beside it; pass a model folder with one".into(),
-                });
-            };
-            (
-                PreprocessConfig::imagenet_default(h as u32, w as u32),
-                format!("defaults: no preprocessor_config.json; resize to the model input {h}x{w}, bilinear, ImageNet mean/std"),
-            )
-        }
-    };
+    let (pcfg, psource) = resolve_preprocess(opts, &bundle, &engine)?;
     let mut pre = Preprocessor::new(pcfg)?;
     pre.max_pixels = opts.max_pixels;
     engine.check_input(pre.height, pre.width)?;
@@ -86,6 +73,17 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             })
         }
     };
+    if opts.top_k > labels.len() {
+        return Err(Error::InvalidOption {
+            option: "top_k",
+            what: format!(
+                "{} is more than the model's {} classes (top-{} accuracy would be 100% by construction)",
+                opts.top_k,
+                labels.len(),
+                opts.top_k
+            ),
+        });
+    }
     let mut dataset = walk::walk(&opts.data_dir)?;
     let fingerprint = dataset.fingerprint();
     let dataset_images = dataset.entries.len();
@@ -139,6 +137,114 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         runtime,
         attention,
     })
+}
+
+/// The preprocessing of the run and where it came from, in words. Never a silent
+/// guess: a model without `preprocessor_config.json` needs `preprocess = defaults` or
+/// explicit overrides, since ImageNet defaults on a model trained otherwise give
+/// numbers that look fine and are wrong.
+fn resolve_preprocess(
+    opts: &ScoreOptions,
+    bundle: &ModelBundle,
+    engine: &Engine,
+) -> Result<(PreprocessConfig, String)> {
+    use crate::options::PreprocessMode;
+    use crate::preprocess::SizeSpec;
+    let overrides: Vec<&str> = [
+        ("size", opts.size.is_some()),
+        ("resample", opts.resample.is_some()),
+        ("mean", opts.mean.is_some()),
+        ("std", opts.std.is_some()),
+        ("crop_pct", opts.crop_pct.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(n, _)| *n)
+    .collect();
+    let defaults = |why: &str| -> Result<(PreprocessConfig, String)> {
+        let (Some(h), Some(w)) = (engine.io.height, engine.io.width) else {
+            return Err(Error::Model {
+                what: format!("{why}, and the model's input has a dynamic height/width: set size (--size) too"),
+            });
+        };
+        Ok((
+            PreprocessConfig::imagenet_default(h as u32, w as u32),
+            format!(
+                "defaults: resize to the model input {h}x{w}, bilinear, ImageNet mean/std ({why})"
+            ),
+        ))
+    };
+    let (mut cfg, mut source) = match (&bundle.preprocess, opts.preprocess) {
+        (_, PreprocessMode::Defaults) => defaults("preprocess = defaults")?,
+        (Some(p), PreprocessMode::Model) => (p.clone(), "preprocessor_config.json".to_string()),
+        (None, PreprocessMode::Model) if !overrides.is_empty() => {
+            defaults("no preprocessor_config.json; overrides given")?
+        }
+        (None, PreprocessMode::Model) => {
+            let dir = if opts.model.is_dir() {
+                opts.model.clone()
+            } else {
+                opts.model
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            };
+            return Err(Error::Model {
+                what: format!(
+                    "{} is missing: the model's preprocessing is unknown, and guessing it gives wrong numbers without a warning. Put the file beside the model, or choose: {} defaults (ImageNet mean/std, bilinear, resize to the model input), or set {} / {} / {} / {} / {}",
+                    dir.join("preprocessor_config.json").display(),
+                    crate::error::option_name("preprocess"),
+                    crate::error::option_name("size"),
+                    crate::error::option_name("resample"),
+                    crate::error::option_name("mean"),
+                    crate::error::option_name("std"),
+                    crate::error::option_name("crop_pct"),
+                ),
+            });
+        }
+    };
+    if let Some(r) = opts.resample {
+        cfg.resample = r.pil_code();
+    }
+    if let Some(m) = &opts.mean {
+        cfg.image_mean = m.clone();
+    }
+    if let Some(s) = &opts.std {
+        cfg.image_std = s.clone();
+    }
+    if opts.size.is_some() || opts.crop_pct.is_some() {
+        let current = match (cfg.do_center_crop, cfg.crop_size, cfg.size) {
+            (true, Some(SizeSpec::Exact { height, .. }), _) => height,
+            (_, _, SizeSpec::Exact { height, .. }) => height,
+            (_, _, SizeSpec::ShortestEdge { shortest_edge }) => shortest_edge,
+        };
+        let side = opts.size.unwrap_or(current);
+        match opts.crop_pct {
+            Some(pct) => {
+                let edge = (side as f64 / pct).floor() as u32;
+                cfg.size = SizeSpec::ShortestEdge {
+                    shortest_edge: edge,
+                };
+                cfg.do_center_crop = true;
+                cfg.crop_size = Some(SizeSpec::Exact {
+                    height: side,
+                    width: side,
+                });
+            }
+            None => {
+                cfg.size = SizeSpec::Exact {
+                    height: side,
+                    width: side,
+                };
+                cfg.do_center_crop = false;
+                cfg.crop_size = None;
+            }
+        }
+    }
+    if !overrides.is_empty() {
+        source = format!("{source}; overridden: {}", overrides.join(", "));
+    }
+    Ok((cfg, source))
 }
 
 /// Lay a `--with-attentions` model's tokens onto the patch grid, or fail fast when
@@ -311,6 +417,18 @@ fn rows_for_batch(
 pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOutcome> {
     let mut p = prepare(opts)?;
     open_run(opts, &p.identity)?;
+    if opts.resume && run::Run::check_finished(&opts.out).is_ok() {
+        progress.note(&format!(
+            "{} is already complete: nothing to score",
+            opts.out.display()
+        ));
+        let metrics = run::MetricsFile::read(&opts.out.join(run::METRICS_JSON))?;
+        check_quality(opts, &metrics)?;
+        return Ok(ScoreOutcome {
+            out_dir: opts.out.clone(),
+            metrics,
+        });
+    }
     let warnings = announce(opts, &p, progress);
     let parts = Parts::new(&opts.out)?;
     let total = p.dataset.entries.len();
@@ -335,9 +453,48 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
         throughput,
         run,
     )?;
+    check_quality(opts, &metrics)?;
     Ok(ScoreOutcome {
         out_dir: opts.out.clone(),
         metrics,
+    })
+}
+
+/// The data-quality gates of a finished run (its outputs are kept for a look): a
+/// run that evaluated nothing always fails; `max_error_rate` and `min_evaluated`
+/// when set.
+fn check_quality(opts: &ScoreOptions, mf: &run::MetricsFile) -> Result<()> {
+    let c = &mf.metrics.counts;
+    let mut failed = vec![];
+    if c.evaluated == 0 {
+        failed.push(format!(
+            "no image was evaluated ({} images: {} errors, {} unmapped)",
+            c.images, c.errors, c.unmapped
+        ));
+    }
+    if let Some(max) = opts.max_error_rate {
+        let rate = 100.0 * c.errors as f64 / c.images.max(1) as f64;
+        if rate > max {
+            failed.push(format!(
+                "{rate:.2}% of the images failed ({} of {}), above max_error_rate {max}%",
+                c.errors, c.images
+            ));
+        }
+    }
+    if let Some(min) = opts.min_evaluated {
+        if c.evaluated < min {
+            failed.push(format!(
+                "{} images evaluated, below min_evaluated {min}",
+                c.evaluated
+            ));
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::DataQuality {
+        run: opts.out.clone(),
+        what: failed.join("; "),
     })
 }
 

@@ -193,11 +193,18 @@ fn summary_section(s: &mut String, data: &ReportData) {
         Some(i) => format!("95% CI {:.1}–{:.1}%", 100.0 * i.lo, 100.0 * i.hi),
         None => "no evaluated images".into(),
     };
-    card(s, "Top-1 accuracy", &pct(m.top1), &ci(data.top1_ci));
+    let acc = |x: f64| {
+        if c.evaluated == 0 {
+            "n/a".to_string()
+        } else {
+            pct(x)
+        }
+    };
+    card(s, "Top-1 accuracy", &acc(m.top1), &ci(data.top1_ci));
     card(
         s,
         &format!("Top-{} accuracy", m.k),
-        &pct(m.topk),
+        &acc(m.topk),
         &ci(data.topk_ci),
     );
     card(
@@ -206,6 +213,11 @@ fn summary_section(s: &mut String, data: &ReportData) {
         &format!("{:.4}", m.macro_avg.f1),
         &format!("weighted {:.4}", m.weighted_avg.f1),
     );
+    let (pp, pp_note) = match run.preprocess_source.split_once(": ") {
+        Some((head, rest)) => (head, rest),
+        None => (run.preprocess_source.as_str(), ""),
+    };
+    card(s, "Preprocessing", pp, pp_note);
     card(
         s,
         "ECE",

@@ -63,12 +63,19 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         thousands(c.skipped)
     );
     let _ = writeln!(s, "| Evaluated | {} |", thousands(c.evaluated));
-    let _ = writeln!(s, "| Top-1 accuracy | {} |", pct_ci(m.top1, data.top1_ci));
+    let acc = |x: f64, ci| {
+        if c.evaluated == 0 {
+            "n/a (no image evaluated)".to_string()
+        } else {
+            pct_ci(x, ci)
+        }
+    };
+    let _ = writeln!(s, "| Top-1 accuracy | {} |", acc(m.top1, data.top1_ci));
     let _ = writeln!(
         s,
         "| Top-{} accuracy | {} |",
         m.k,
-        pct_ci(m.topk, data.topk_ci)
+        acc(m.topk, data.topk_ci)
     );
     let _ = writeln!(s, "| Macro F1 | {:.4} |", m.macro_avg.f1);
     let _ = writeln!(
@@ -76,6 +83,11 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         "| ECE ({} bins) | {:.4} |",
         m.calibration.bins.len(),
         m.calibration.ece
+    );
+    let _ = writeln!(
+        s,
+        "| Preprocessing | {} |",
+        escape::markdown(&data.file.run.preprocess_source)
     );
     let t = &data.file.throughput;
     let _ = writeln!(

@@ -4,6 +4,7 @@
 mod attention;
 mod compare;
 mod export;
+mod honest;
 mod preprocess;
 mod reference_vit;
 mod reliability;

@@ -382,7 +382,9 @@ fn non_finite_logits_are_flagged_per_row() {
         "--label-map",
         lm.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Every row failed, so nothing was evaluated: the data-quality gate fails the
+    // run (exit 3) and its rows are kept.
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let rows = read_parquet(&out.join("predictions.parquet")).unwrap();
     let decoded: Vec<&Row> = rows.iter().filter(|r| r.path != "1/broken.png").collect();
     assert!(!decoded.is_empty());
