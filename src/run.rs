@@ -10,7 +10,13 @@
 //! - `run.json`: [`RunIdentity`], written first, before any image is read;
 //! - `parts/`: committed Parquet parts of an unfinished run (see `record::Parts`);
 //! - `predictions.parquet` + `metrics.json` ([`MetricsFile`]): a finished run;
-//! - `report.*`, `charts/`: the report rendered from the two files above.
+//! - `report.*`, `charts/`: the report rendered from the two files above;
+//! - `.vit-batch.lock`: the one writer's lock ([`RunLock`]), not part of the run.
+//!
+//! Rules (each once, here): one writer at a time ([`RunLock`]); nothing but
+//! vit-batch's own files is ever removed, by name, and a folder holding anything else
+//! is refused ([`check_out_dir`]); no write through a symlinked `charts/`/`parts/`;
+//! no output inside or around its inputs ([`check_apart`]).
 
 use std::path::{Path, PathBuf};
 
