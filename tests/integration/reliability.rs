@@ -1184,12 +1184,18 @@ fn a_symlinked_charts_folder_is_refused_and_its_target_untouched() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
     assert_eq!(snapshot(&elsewhere), target);
-    let mut ow = score_args(d, m, out.to_str().unwrap(), l);
-    ow.push("--overwrite");
-    let o = run(&ow);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
-    assert_eq!(snapshot(&elsewhere), target);
+    for flag in ["--overwrite", "--resume"] {
+        let mut a = score_args(d, m, out.to_str().unwrap(), l);
+        a.push(flag);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("symbolic link"),
+            "{flag}: {}",
+            stderr(&o)
+        );
+        assert_eq!(snapshot(&elsewhere), target, "{flag}");
+    }
     assert!(std::fs::symlink_metadata(out.join("charts"))
         .unwrap()
         .file_type()
