@@ -416,6 +416,7 @@ pub(crate) fn fmt_p(p: f64) -> String {
 /// report's verdict.
 pub fn compare(opts: &CompareOptions) -> Result<CompareReport> {
     opts.validate()?;
+    crate::run::check_gate_outputs(opts)?;
     let base = load_run(&opts.baseline, "baseline")?;
     let cand = load_run(&opts.candidate, "candidate")?;
     compare_runs(opts, &base, &cand)

@@ -119,6 +119,9 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
     if opts.shards.is_empty() {
         return Err(err("merge needs at least one shard folder".into()));
     }
+    for d in &opts.shards {
+        run::check_apart(&opts.out, "merge --out", d, "the shard")?;
+    }
     let mut shards = opts
         .shards
         .iter()
@@ -126,7 +129,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         .collect::<Result<Vec<_>>>()?;
     let n = check(&shards)?;
     shards.sort_by_key(|s| s.identity.shard.expect("checked").index);
-    run::prepare_out_dir(
+    let _lock = run::prepare_out_dir(
         &opts.out,
         if opts.overwrite {
             OutPolicy::Overwrite

@@ -28,8 +28,10 @@
 //!   `[score]` scores the exported folder and `score.model` is only the fallback used
 //!   when export is off; `[report]` and `[gate]` default to `score.out` as their run.
 //! - Everything is validated before the first stage starts: unknown keys, missing
-//!   keys, bad values, input paths that do not exist (each named), and a score
-//!   output that would overwrite the gate's baseline.
+//!   keys, bad values, input paths that do not exist (each named), a score output
+//!   that would overwrite the gate's baseline, a score output that is, is inside or
+//!   contains its data_dir or holds files vit-batch did not write, and gate files
+//!   (json, markdown, junit) inside either compared run folder.
 //! - `score.overwrite` defaults to false, as on the command line: a pipeline that is
 //!   meant to be re-run into the same folder says `overwrite = true`.
 //! - The result is the gate's verdict (pass / regression); without a gate, success.
@@ -376,6 +378,9 @@ impl<'a> Planner<'a> {
         if let Some(l) = &o.ort_lib {
             self.exists("[score] ort_lib", l)?;
         }
+        crate::score::check_out_apart(&o)
+            .and_then(|()| crate::run::check_out_dir(&o.out, o.out_policy()))
+            .map_err(|e| self.err(format!("[score]: {e}")))?;
         self.stages.push(Stage::Score(o.clone()));
         Ok(Some(o))
     }
@@ -445,6 +450,7 @@ impl<'a> Planner<'a> {
                 }
             )));
         }
+        crate::run::check_gate_outputs(&o).map_err(|e| self.err(format!("[gate]: {e}")))?;
         self.stages.push(Stage::Gate(o));
         Ok(())
     }

@@ -273,11 +273,47 @@ fn writer(f: &mut crate::fs::OutFile) -> ParquetWriter<&mut crate::fs::OutFile> 
 
 /// Write rows as one Parquet file, atomically.
 pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
+    write_parquet_keyed(path, rows, None)
+}
+
+/// [`write_parquet`], with `key` (a run's [`crate::run::RunIdentity::part_key`])
+/// stored under [`RUN_KEY`] in the file's key-value metadata.
+fn write_parquet_keyed(path: &Path, rows: &[Row], key: Option<&str>) -> Result<()> {
     let mut df = to_frame(rows)?;
     crate::fs::atomic_write(path, |f| {
-        writer(f).finish(&mut df)?;
+        let kv = key.map(|k| KeyValueMetadata::from_static(vec![(RUN_KEY.into(), k.into())]));
+        writer(f).with_key_value_metadata(kv).finish(&mut df)?;
         Ok(())
     })
+}
+
+/// Key-value metadata key of the run identity a committed part belongs to.
+pub(crate) const RUN_KEY: &str = "vit-batch.run";
+
+/// The run key stored in a Parquet file, if any.
+pub(crate) fn run_key(path: &Path) -> Result<Option<String>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = ParquetReader::new(f);
+    let md = r.get_metadata().map_err(|e| Error::Output {
+        what: format!("{}: {e}", path.display()),
+    })?;
+    Ok(md.key_value_metadata().as_ref().and_then(|kv| {
+        kv.iter()
+            .find(|k| k.key == RUN_KEY)
+            .and_then(|k| k.value.clone())
+    }))
+}
+
+/// The rows `start..end` a part file name `part-<start>-<end>.parquet` (both ten
+/// digits) stands for; `None` for any other name.
+pub(crate) fn part_range(name: &str) -> Option<(usize, usize)> {
+    let mid = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (a, b) = mid.split_once('-')?;
+    let digits = |s: &str| s.len() == 10 && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// All rows of a predictions Parquet file, in order.
@@ -310,16 +346,19 @@ pub(crate) fn parquet_rows(path: &Path) -> Result<usize> {
 }
 
 /// The committed parts of a run: `parts/part-<start>-<end>.parquet` holds the rows
-/// of dataset entries `start..end` (indices in the run's sorted entry list).
+/// of dataset entries `start..end` (indices in the run's sorted entry list), and
+/// carries the run's key in its metadata.
 pub(crate) struct Parts {
     pub dir: PathBuf,
+    /// [`crate::run::RunIdentity::part_key`] of the run.
+    pub key: String,
 }
 
 impl Parts {
-    pub(crate) fn new(out_dir: &Path) -> Result<Self> {
+    pub(crate) fn new(out_dir: &Path, key: String) -> Result<Self> {
         let dir = out_dir.join("parts");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Parts { dir })
+        Ok(Parts { dir, key })
     }
 
     pub(crate) fn path(&self, start: usize, end: usize) -> PathBuf {
@@ -327,7 +366,7 @@ impl Parts {
     }
 
     pub(crate) fn commit(&self, start: usize, rows: &[Row]) -> Result<()> {
-        write_parquet(&self.path(start, start + rows.len()), rows)
+        write_parquet_keyed(&self.path(start, start + rows.len()), rows, Some(&self.key))
     }
 
     /// Committed ranges, sorted by start (temporary files are ignored).
@@ -337,21 +376,37 @@ impl Parts {
         for e in rd {
             let e = e.map_err(|e| Error::io(&self.dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(mid) = name
-                .strip_prefix("part-")
-                .and_then(|n| n.strip_suffix(".parquet"))
-            else {
-                continue;
-            };
-            let Some((a, b)) = mid.split_once('-') else {
-                continue;
-            };
-            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+            if let Some((a, b)) = part_range(&name) {
                 out.push((a, b, e.path()));
             }
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Refuse a committed part that another run wrote (another model, dataset,
+    /// preprocessing...), or that carries no run key.
+    pub(crate) fn check_own(&self) -> Result<()> {
+        for (_, _, p) in self.ranges()? {
+            let found = run_key(&p)?;
+            if found.as_deref() == Some(self.key.as_str()) {
+                continue;
+            }
+            return Err(Error::OutDir {
+                dir: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                what: format!(
+                    "cannot resume: the part {} was written by another run ({}; this run is {}): another model, dataset or options; start a new run (or {})",
+                    p.display(),
+                    match &found {
+                        Some(k) => format!("run key {}", crate::run::short_hash(k)),
+                        None => "it carries no run key".into(),
+                    },
+                    crate::run::short_hash(&self.key),
+                    crate::error::option_name("overwrite")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The committed part files in row order, checked to tile `0..total` exactly
@@ -426,7 +481,8 @@ mod tests {
         let p = t.path().join("p.parquet");
         write_parquet(&p, &rows).unwrap();
         assert_eq!(read_parquet(&p).unwrap(), rows);
-        let parts = Parts::new(t.path()).unwrap();
+        let parts = Parts::new(t.path(), "k".into()).unwrap();
+        parts.check_own().unwrap();
         parts.commit(10, &rows[10..25]).unwrap();
         let errs: Vec<Row> = (0..3).map(|i| sample(i, false)).collect();
         write_parquet(&t.path().join("e.parquet"), &errs).unwrap();
@@ -437,5 +493,14 @@ mod tests {
         write_streamed(&dest, files.iter().map(|p| read_parquet(p))).unwrap();
         assert_eq!(read_parquet(&dest).unwrap(), rows);
         assert!(parts.tiled(30).is_err());
+        parts.check_own().unwrap();
+        let other = Parts::new(t.path(), "other".into()).unwrap();
+        assert!(other.check_own().is_err());
+        assert_eq!(
+            part_range("part-0000000010-0000000025.parquet"),
+            Some((10, 25))
+        );
+        assert_eq!(part_range("part-10-25.parquet"), None);
+        assert_eq!(part_range("part-0000000010-0000000025.parquet.bak"), None);
     }
 }

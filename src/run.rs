@@ -10,7 +10,13 @@
 //! - `run.json`: [`RunIdentity`], written first, before any image is read;
 //! - `parts/`: committed Parquet parts of an unfinished run (see `record::Parts`);
 //! - `predictions.parquet` + `metrics.json` ([`MetricsFile`]): a finished run;
-//! - `report.*`, `charts/`: the report rendered from the two files above.
+//! - `report.*`, `charts/`: the report rendered from the two files above;
+//! - `.vit-batch.lock`: the one writer's lock ([`RunLock`]), not part of the run.
+//!
+//! Rules (each once, here): one writer at a time ([`RunLock`]); nothing but
+//! vit-batch's own files is ever removed, by name, and a folder holding anything else
+//! is refused ([`check_out_dir`]); no write through a symlinked `charts/`/`parts/`;
+//! no output inside or around its inputs ([`check_apart`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +40,13 @@ pub(crate) const PARTS_DIR: &str = "parts";
 /// The report's chart images.
 pub(crate) const CHARTS_DIR: &str = "charts";
 
-/// Files a run folder holds; `--overwrite` removes exactly these.
+/// The lock a writer holds for the whole run (its pid inside); not a run file.
+pub(crate) const LOCK_FILE: &str = ".vit-batch.lock";
+/// Prefix of the temporary files of [`crate::fs::atomic_write`] and the write probe.
+pub(crate) const TMP_PREFIX: &str = ".vit-batch-";
+
+/// Files a run folder holds; `--overwrite` removes exactly these (in `charts/` and
+/// `parts/`, only vit-batch's own chart and part files, by name).
 pub(crate) const RUN_FILES: &[&str] = &[
     RUN_JSON,
     PREDICTIONS,
@@ -148,6 +160,18 @@ impl RunIdentity {
             path: p,
             what: format!("not a vit-batch run.json: {e}"),
         })
+    }
+
+    /// The key every committed part of this run carries: a SHA-256 of the identity
+    /// less what `--resume` does not compare (tool version, where the preprocessing
+    /// came from), so `--resume` can tell its own parts from another run's.
+    pub(crate) fn part_key(&self) -> String {
+        use sha2::Digest;
+        let mut id = self.clone();
+        id.tool_version.clear();
+        id.preprocess_source.clear();
+        let json = serde_json::to_vec(&id).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(&json))
     }
 
     /// Write `run.json` into `dir`, atomically.
@@ -334,71 +358,348 @@ pub enum OutPolicy {
     Resume,
 }
 
-/// Remove vit-batch's own files from a run folder (`overwrite`); nothing else.
+/// The exclusive lock of a run folder, held by the one process writing into it
+/// (`score`, `merge`, `report`, pipeline stages) until dropped. The lock file holds
+/// the holder's pid, for the message a second writer gets.
+#[derive(Debug)]
+pub(crate) struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Lock `dir` (an existing folder) or fail at once, naming the holder's pid.
+    pub(crate) fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        let p = dir.join(LOCK_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| Error::OutDir {
+                dir: dir.to_path_buf(),
+                what: format!("cannot write to it: {e}"),
+            })?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(Error::OutDir {
+                    dir: dir.to_path_buf(),
+                    what: format!(
+                        "is in use by another vit-batch process (pid {}, lock {}); wait for it to finish or choose another folder",
+                        if pid.is_empty() { "unknown" } else { pid },
+                        p.display()
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&p, e)),
+        }
+        f.set_len(0)
+            .and_then(|()| f.rewind())
+            .and_then(|()| writeln!(f, "{}", std::process::id()))
+            .map_err(|e| Error::io(&p, e))?;
+        Ok(RunLock { _file: f })
+    }
+}
+
+/// `p` absolute, with symlinks resolved as far as it exists (the rest appended,
+/// `.` and `..` applied), so two spellings of one folder compare equal.
+pub(crate) fn resolved(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut base = abs.clone();
+    let mut rest = vec![];
+    loop {
+        if let Ok(c) = base.canonicalize() {
+            base = c;
+            break;
+        }
+        match (base.file_name().map(|n| n.to_os_string()), base.parent()) {
+            (Some(n), Some(parent)) => {
+                rest.push(n);
+                base = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    for n in rest.into_iter().rev() {
+        match n.to_str() {
+            Some(".") => {}
+            Some("..") => {
+                base.pop();
+            }
+            _ => base.push(n),
+        }
+    }
+    base
+}
+
+/// Refuse an output `out` that is, is inside, or contains the input `input`: the
+/// one rule of `score` (OUT_DIR vs DATA_DIR), `merge` (`--out` vs each shard) and
+/// the gate (`--json`/`--markdown`/`--junit` vs each compared run). The message
+/// names both paths, with `out_what` and `in_what` saying what each is.
+pub(crate) fn check_apart(out: &Path, out_what: &str, input: &Path, in_what: &str) -> Result<()> {
+    let (o, i) = (resolved(out), resolved(input));
+    let relation = if o == i {
+        "is"
+    } else if o.starts_with(&i) {
+        "is inside"
+    } else if i.starts_with(&o) {
+        "contains"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Output {
+        what: format!(
+            "{out_what} {} {relation} {in_what} {}: vit-batch never writes into its inputs; choose another path",
+            out.display(),
+            input.display()
+        ),
+    })
+}
+
+/// The gate's files (`--json`, `--markdown`, `--junit` of `compare` and of a
+/// pipeline's `[gate]`) may not be written into either compared run folder.
+pub(crate) fn check_gate_outputs(opts: &crate::options::CompareOptions) -> Result<()> {
+    let outs = [
+        ("--json", &opts.json),
+        ("--markdown", &opts.markdown),
+        ("--junit", &opts.junit),
+    ];
+    for (flag, out) in outs {
+        let Some(out) = out else { continue };
+        for (what, run) in [
+            ("the baseline run folder", &opts.baseline),
+            ("the candidate run folder", &opts.candidate),
+        ] {
+            check_apart(out, flag, &Run::dir_of(run), what)?;
+        }
+    }
+    Ok(())
+}
+
+/// What an output folder holds, by vit-batch's own names.
+struct Survey {
+    /// Anything at all besides the lock file.
+    any: bool,
+    /// `run.json` or `predictions.parquet`.
+    run: bool,
+    /// Entries vit-batch did not write (relative paths), first few.
+    foreign: Vec<String>,
+}
+
+/// A file name vit-batch may leave in a run folder: a temporary file or the probe.
+fn is_tmp(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX) && name != LOCK_FILE
+}
+
+/// Look at every entry of `out` (and of its `charts/` and `parts/`); a symlinked
+/// `charts/` or `parts/` is refused here, so nothing is ever written through one.
+fn survey(out: &Path) -> Result<Survey> {
+    let mut s = Survey {
+        any: false,
+        run: out.join(RUN_JSON).exists() || out.join(PREDICTIONS).exists(),
+        foreign: vec![],
+    };
+    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io(out, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == LOCK_FILE {
+            continue;
+        }
+        s.any = true;
+        let ft = e
+            .file_type()
+            .map_err(|err| Error::io(out.join(&name), err))?;
+        if name == CHARTS_DIR || name == PARTS_DIR {
+            if ft.is_symlink() {
+                return Err(Error::OutDir {
+                    dir: out.to_path_buf(),
+                    what: format!(
+                        "{name}/ is a symbolic link ({}); vit-batch never writes through one: remove it",
+                        e.path().display()
+                    ),
+                });
+            }
+            if !ft.is_dir() {
+                s.foreign.push(name);
+                continue;
+            }
+            let own: fn(&str) -> bool = if name == CHARTS_DIR {
+                |n| crate::report::charts::CHART_FILES.contains(&n)
+            } else {
+                |n| record::part_range(n).is_some()
+            };
+            for c in std::fs::read_dir(e.path()).map_err(|err| Error::io(e.path(), err))? {
+                let c = c.map_err(|err| Error::io(e.path(), err))?;
+                let cn = c.file_name().to_string_lossy().into_owned();
+                let plain = c.file_type().is_ok_and(|t| t.is_file());
+                if !plain || !(own(&cn) || is_tmp(&cn)) {
+                    s.foreign.push(format!("{name}/{cn}"));
+                }
+            }
+        } else if !((RUN_FILES.contains(&name.as_str()) && !ft.is_dir()) || is_tmp(&name)) {
+            s.foreign.push(name);
+        }
+    }
+    s.foreign.sort();
+    Ok(s)
+}
+
+/// Remove vit-batch's own files from `dir` (`charts/` or `parts/`), by name, then
+/// the folder itself if that left it empty. Never follows a symlink.
+fn remove_own(dir: &Path, own: fn(&str) -> bool) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::OutDir {
+            dir: dir.to_path_buf(),
+            what: "is not a folder vit-batch wrote (a file or a symbolic link); remove it".into(),
+        });
+    }
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_file()) && (own(&name) || is_tmp(&name)) {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        // Someone else's file is in there: it stays, and so does the folder.
+        Err(_) if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Remove a run's committed parts (and their temporary files), then `parts/`.
+pub(crate) fn remove_parts(parts_dir: &Path) -> Result<()> {
+    remove_own(parts_dir, |n| record::part_range(n).is_some())
+}
+
+/// Remove vit-batch's own files from a run folder (`overwrite`), by name; nothing
+/// else, and never a whole tree.
 pub(crate) fn clear_run_files(out: &Path) -> Result<()> {
     for f in RUN_FILES {
         let p = out.join(f);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        } else if p.exists() {
+        if *f == CHARTS_DIR {
+            remove_own(&p, |n| crate::report::charts::CHART_FILES.contains(&n))?;
+        } else if *f == PARTS_DIR {
+            remove_parts(&p)?;
+        } else if std::fs::symlink_metadata(&p).is_ok() {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
     Ok(())
 }
 
-/// Prepare `out` for a run under `policy`: the one output-folder rule of `score` and
-/// `merge`. Refuses to mix runs unless asked, and fails now, not after an hour, when
-/// the folder is not writable.
-pub(crate) fn prepare_out_dir(out: &Path, policy: OutPolicy) -> Result<()> {
-    if out.exists() {
-        if !out.is_dir() {
+/// The checks of [`prepare_out_dir`] that need no lock: `out` is a folder (or
+/// missing), holds nothing vit-batch did not write, no symlinked `charts/`/`parts/`,
+/// and a run to resume under `Resume`. Pipelines call it at plan time.
+pub(crate) fn check_out_dir(out: &Path, policy: OutPolicy) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        if policy == OutPolicy::Resume {
             return Err(Error::OutDir {
                 dir: out.to_path_buf(),
-                what: "exists and is not a folder".into(),
+                what: "holds no run to resume (no such folder)".into(),
             });
         }
-        let holds_run = out.join(RUN_JSON).exists() || out.join(PREDICTIONS).exists();
-        let non_empty = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some();
-        match policy {
-            OutPolicy::Resume if !out.join(RUN_JSON).exists() => {
-                return Err(Error::OutDir {
-                    dir: out.to_path_buf(),
-                    what: "holds no run to resume (no run.json)".into(),
-                })
-            }
-            OutPolicy::Resume => return Ok(()),
-            OutPolicy::Fresh if non_empty => {
-                return Err(Error::OutDir {
-                    dir: out.to_path_buf(),
-                    what: format!(
-                        "already holds {}; pass {} to replace it or {} to finish it",
-                        if holds_run { "a run" } else { "other files" },
-                        crate::error::option_name("overwrite"),
-                        crate::error::option_name("resume"),
-                    ),
-                })
-            }
-            OutPolicy::Overwrite if non_empty => clear_run_files(out)?,
-            OutPolicy::Fresh | OutPolicy::Overwrite => {}
-        }
-    } else if policy == OutPolicy::Resume {
+        return Ok(());
+    };
+    if !meta.is_dir() {
         return Err(Error::OutDir {
             dir: out.to_path_buf(),
-            what: "holds no run to resume (no such folder)".into(),
+            what: "exists and is not a folder".into(),
         });
     }
+    let s = survey(out)?;
+    if !s.foreign.is_empty() {
+        let shown: Vec<&str> = s.foreign.iter().take(5).map(String::as_str).collect();
+        return Err(Error::OutDir {
+            dir: out.to_path_buf(),
+            what: format!(
+                "holds files vit-batch did not write ({}{}); vit-batch only writes into an empty folder or its own run folder, even with {}: choose another folder",
+                shown.join(", "),
+                if s.foreign.len() > shown.len() { ", ..." } else { "" },
+                crate::error::option_name("overwrite"),
+            ),
+        });
+    }
+    if policy == OutPolicy::Resume && !out.join(RUN_JSON).exists() {
+        return Err(Error::OutDir {
+            dir: out.to_path_buf(),
+            what: "holds no run to resume (no run.json)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Prepare `out` for a run under `policy`: the one output-folder rule of `score` and
+/// `merge`. Takes the folder's lock (held until the returned guard is dropped),
+/// refuses to mix runs unless asked, refuses folders holding anything vit-batch did
+/// not write, and fails now, not after an hour, when the folder is not writable.
+pub(crate) fn prepare_out_dir(out: &Path, policy: OutPolicy) -> Result<RunLock> {
+    check_out_dir(out, policy)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let lock = RunLock::acquire(out)?;
+    // Again under the lock: another process may have written there meanwhile.
+    check_out_dir(out, policy)?;
+    let s = survey(out)?;
+    match policy {
+        OutPolicy::Resume => {}
+        OutPolicy::Fresh if s.any => {
+            return Err(Error::OutDir {
+                dir: out.to_path_buf(),
+                what: format!(
+                    "already holds {}; pass {} to replace it or {} to finish it",
+                    if s.run {
+                        "a run"
+                    } else {
+                        "files of an unfinished run"
+                    },
+                    crate::error::option_name("overwrite"),
+                    crate::error::option_name("resume"),
+                ),
+            })
+        }
+        OutPolicy::Overwrite if s.any => clear_run_files(out)?,
+        OutPolicy::Fresh | OutPolicy::Overwrite => {}
+    }
     let probe = out.join(".vit-batch-write-test");
     std::fs::write(&probe, b"").map_err(|e| Error::OutDir {
         dir: out.to_path_buf(),
         what: format!("cannot write to it: {e}"),
     })?;
     let _ = std::fs::remove_file(probe);
-    Ok(())
+    Ok(lock)
+}
+
+/// Lock a folder the report writes into (created when missing), refusing a
+/// symlinked `charts/` there.
+pub(crate) fn lock_report_dir(out: &Path) -> Result<RunLock> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let charts = out.join(CHARTS_DIR);
+    if std::fs::symlink_metadata(&charts).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::OutDir {
+            dir: out.to_path_buf(),
+            what: format!(
+                "{} is a symbolic link or a file; vit-batch never writes through one: remove it",
+                charts.display()
+            ),
+        });
+    }
+    RunLock::acquire(out)
 }
 
 /// Merge committed parts into `predictions.parquet` and write `metrics.json`, both
@@ -415,7 +716,7 @@ pub(crate) fn finalize(
     let files = parts.tiled(identity.rows)?;
     let batches = files.iter().map(|p| record::read_parquet(p));
     let mf = write_outputs(out, batches, identity, skipped, throughput, run)?;
-    std::fs::remove_dir_all(&parts.dir).map_err(|e| Error::io(&parts.dir, e))?;
+    remove_parts(&parts.dir)?;
     Ok(mf)
 }
 

@@ -415,8 +415,9 @@ fn rows_for_batch(
 
 /// Run `score` end to end; returns the metrics written to `metrics.json`.
 pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOutcome> {
+    check_out_apart(opts)?;
     let mut p = prepare(opts)?;
-    open_run(opts, &p.identity)?;
+    let _lock = open_run(opts, &p.identity)?;
     if opts.resume && run::Run::check_finished(&opts.out).is_ok() {
         progress.note(&format!(
             "{} is already complete: nothing to score",
@@ -430,7 +431,8 @@ pub fn score(opts: &ScoreOptions, progress: &mut dyn Progress) -> Result<ScoreOu
         });
     }
     let warnings = announce(opts, &p, progress);
-    let parts = Parts::new(&opts.out)?;
+    let parts = Parts::new(&opts.out, p.identity.part_key())?;
+    parts.check_own()?;
     let total = p.dataset.entries.len();
     let (todo, already) = parts_to_score(&parts, total, p.identity.part_rows)?;
     if opts.resume {
@@ -498,18 +500,25 @@ fn check_quality(opts: &ScoreOptions, mf: &run::MetricsFile) -> Result<()> {
     })
 }
 
-/// Prepare the output folder; a new run records its identity first, a resumed one
-/// must match the identity already there.
-fn open_run(opts: &ScoreOptions, identity: &RunIdentity) -> Result<()> {
+/// OUT_DIR may not be DATA_DIR, be inside it or contain it (checked before anything
+/// is read; pipelines check it at plan time).
+pub(crate) fn check_out_apart(opts: &ScoreOptions) -> Result<()> {
+    run::check_apart(&opts.out, "the output folder", &opts.data_dir, "DATA_DIR")
+}
+
+/// Prepare and lock the output folder; a new run records its identity first, a
+/// resumed one must match the identity already there.
+fn open_run(opts: &ScoreOptions, identity: &RunIdentity) -> Result<run::RunLock> {
     let out = &opts.out;
-    run::prepare_out_dir(out, opts.out_policy())?;
+    let lock = run::prepare_out_dir(out, opts.out_policy())?;
     if !opts.resume {
-        return identity.write(out);
+        identity.write(out)?;
+        return Ok(lock);
     }
     let old = RunIdentity::read(out)?;
     let diffs = old.differences(identity, IdentityScope::SameRun);
     if diffs.is_empty() {
-        return Ok(());
+        return Ok(lock);
     }
     Err(Error::OutDir {
         dir: out.clone(),

@@ -45,6 +45,16 @@ fn chart_err(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Every file name a chart can have under `charts/`: what `--overwrite` removes
+/// there (and nothing else).
+pub(crate) const CHART_FILES: &[&str] = &[
+    "confusion.png",
+    "confusion_normalized.png",
+    "recall_by_class.png",
+    "confidence.png",
+    "reliability.png",
+];
+
 /// One chart: its file under `charts/`, a title and caption for the page, the PNG.
 #[derive(Debug, Clone)]
 pub struct Chart {
@@ -142,6 +152,7 @@ impl Charts {
             height: h,
             png,
         });
+        debug_assert!(list.iter().all(|c| CHART_FILES.contains(&c.file)));
         Ok(Charts { list, heatmaps })
     }
 }

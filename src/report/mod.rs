@@ -570,7 +570,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
         debug_assert_eq!(e.format(), *f);
         outputs.extend(e.render(&data, &charts)?);
     }
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    let _lock = crate::run::lock_report_dir(&out_dir)?;
     let mut files = Vec::with_capacity(outputs.len());
     for o in outputs {
         write_file(&out_dir.join(&o.rel), &o.bytes)?;

@@ -696,13 +696,14 @@ threads = 2
 
 [gate]
 baseline = "{base}"
-junit = "{run}/gate.xml"
-markdown = "{run}/gate.md"
-json = "{run}/gate.json"
+junit = "{dir}/gate.xml"
+markdown = "{dir}/gate.md"
+json = "{dir}/gate.json"
 "#,
         data = digits_test().display(),
         model = model.display(),
         run = dir.join("run").display(),
+        dir = dir.display(),
         base = baseline().display(),
     );
     std::fs::write(&p, text).unwrap();
@@ -732,7 +733,7 @@ fn pipeline_fixture_model_passes_against_committed_baseline() {
         stdout(&o),
         util::stderr(&o)
     );
-    let r = read_json(&t.path().join("run/gate.json"));
+    let r = read_json(&t.path().join("gate.json"));
     assert_eq!(r["verdict"], "pass");
     assert_eq!(
         r["mcnemar"]["b"], 0,
@@ -740,7 +741,7 @@ fn pipeline_fixture_model_passes_against_committed_baseline() {
     );
     assert_eq!(r["mcnemar"]["c"], 0);
     assert_eq!(r["coverage"]["compared"], 360);
-    assert_one_testcase_per_gate(&junit_cases(&t.path().join("run/gate.xml")));
+    assert_one_testcase_per_gate(&junit_cases(&t.path().join("gate.xml")));
 }
 
 #[test]
@@ -774,10 +775,10 @@ fn pipeline_degraded_fixture_model_fails_with_exit_1_naming_images() {
     assert!(out.contains("FAIL"), "{out}");
     let first = want_bad.iter().next().unwrap();
     assert!(out.contains(first.as_str()), "names {first}: {out}");
-    let r = read_json(&t.path().join("run/gate.json"));
+    let r = read_json(&t.path().join("gate.json"));
     assert_eq!(paths(&r["regressions"]), want_bad);
     assert_eq!(paths(&r["fixes"]), want_good);
-    let cases = junit_cases(&t.path().join("run/gate.xml"));
+    let cases = junit_cases(&t.path().join("gate.xml"));
     assert_one_testcase_per_gate(&cases);
     for name in ["accuracy", "class_recall", "mcnemar"] {
         assert!(
@@ -797,7 +798,7 @@ fn pipeline_degraded_fixture_model_fails_with_exit_1_naming_images() {
         regressed,
         [a.to_string(), b.to_string()].into_iter().collect()
     );
-    let md = std::fs::read_to_string(t.path().join("run/gate.md")).unwrap();
+    let md = std::fs::read_to_string(t.path().join("gate.md")).unwrap();
     assert!(md.contains("REGRESSION") && md.contains(first.as_str()));
 }
 

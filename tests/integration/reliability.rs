@@ -714,3 +714,492 @@ fn an_unreadable_file_is_an_error_row() {
     assert!(msg.contains("Permission denied"), "{msg}");
     assert_eq!(rows.iter().filter(|r| r.status == Status::Ok).count(), 3);
 }
+
+// ---- Never lose or mix a user's data (issue #16) ----
+
+/// The digits, twice over (3594 small real images), as classes 0..9 under `dir/data`.
+fn digits_twice(dir: &Path) -> PathBuf {
+    let root = dir.join("data");
+    for split in ["train", "test"] {
+        for c in 0..10 {
+            let src = util::fixtures().join(format!("digits/{split}/{c}"));
+            for e in std::fs::read_dir(src).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_str().unwrap().to_string();
+                let bytes = std::fs::read(&p).unwrap();
+                write(&root.join(format!("{c}/{split}-{name}")), &bytes);
+                write(&root.join(format!("{c}/copy-{split}-{name}")), &bytes);
+            }
+        }
+    }
+    root
+}
+
+/// A second random-init vit-micro (seed 9), 10 labels, into `dir/other`.
+fn other_model(dir: &Path) -> PathBuf {
+    let m = dir.join("other");
+    let o = run(&[
+        "export",
+        "--preset",
+        "vit-micro",
+        "--random-init",
+        "--seed",
+        "9",
+        "--num-labels",
+        "10",
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    m
+}
+
+fn sha256_hex(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// Every file under `dir` (relative path -> bytes; a symlink by its target).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+        if e.path_is_symlink() {
+            let t = std::fs::read_link(e.path()).unwrap();
+            out.insert(rel, t.as_os_str().as_bytes().to_vec());
+        } else if e.file_type().is_file() {
+            out.insert(rel, std::fs::read(e.path()).unwrap());
+        } else {
+            out.insert(rel, b"<dir>".to_vec());
+        }
+    }
+    out
+}
+
+/// `score` args of the slow runs below: one image per batch, a part every 10 rows.
+fn slow_score_args(data: &Path, model: &Path, out: &Path, lm: &Path) -> Vec<String> {
+    [
+        "score",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--label-map",
+        lm.to_str().unwrap(),
+        "--quiet",
+        "--no-report",
+        "--batch-size",
+        "1",
+        "--checkpoint-rows",
+        "10",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Spawn `args` and wait until it has committed at least one part in `out/parts`.
+fn spawn_until_a_part(args: &[String], out: &Path) -> std::process::Child {
+    let mut child = util::bin().args(args).spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        let parts = std::fs::read_dir(out.join("parts"))
+            .map(|d| {
+                d.filter(|e| {
+                    let e = e.as_ref().unwrap();
+                    e.file_name().to_string_lossy().starts_with("part-")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if parts >= 1 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before committing a part"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn a_second_writer_into_a_running_folder_is_refused_naming_the_pid() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let other = other_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = digits_twice(t.path());
+    let out = t.path().join("run");
+    let mut a = spawn_until_a_part(&slow_score_args(&data, &model, &out, &lm), &out);
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "the first run finished too quickly"
+    );
+    let pid = a.id();
+    // Another model into the same folder: with --overwrite, then without.
+    for extra in [&["--overwrite"][..], &[][..]] {
+        let mut b = slow_score_args(&data, &other, &out, &lm);
+        b.extend(extra.iter().map(|s| s.to_string()));
+        let o = util::bin().args(&b).output().unwrap();
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("pid {pid}")) && stderr(&o).contains("in use"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "the first run ended while the second was refused: the check is not the lock"
+    );
+    assert!(a.wait().unwrap().success());
+    // Every row is the first run's: one model, all rows, all scored by it.
+    let sha = sha256_hex(&model.join("model.onnx"));
+    assert_ne!(sha, sha256_hex(&other.join("model.onnx")));
+    let id: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(id["model_sha256"], sha.as_str());
+    assert_eq!(m["run"]["model_sha256"], sha.as_str());
+    assert_eq!(m["throughput"]["scored"], 3594);
+    assert_eq!(
+        read_parquet(&out.join("predictions.parquet"))
+            .unwrap()
+            .len(),
+        3594
+    );
+    assert!(!out.join("parts").exists());
+}
+
+#[test]
+fn resume_refuses_a_part_another_model_committed() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let other = other_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = digits_twice(t.path());
+    // Two unfinished runs of the same dataset and options, one per model.
+    let mine = t.path().join("mine");
+    let theirs = t.path().join("theirs");
+    for (m, out) in [(&model, &mine), (&other, &theirs)] {
+        let mut c = spawn_until_a_part(&slow_score_args(&data, m, out, &lm), out);
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(
+            !out.join("predictions.parquet").exists(),
+            "finished too soon"
+        );
+    }
+    // The other model's first part planted among this run's parts.
+    let part = "part-0000000000-0000000010.parquet";
+    std::fs::copy(
+        theirs.join("parts").join(part),
+        mine.join("parts").join(part),
+    )
+    .unwrap();
+    let mut args = slow_score_args(&data, &model, &mine, &lm);
+    args.push("--resume".into());
+    let o = util::bin().args(&args).output().unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cannot resume") && e.contains(part) && e.contains("another run"),
+        "{e}"
+    );
+    assert!(!mine.join("predictions.parquet").exists());
+    assert!(mine.join("parts").join(part).exists(), "nothing is deleted");
+    // Without the planted part the run resumes to the end.
+    std::fs::remove_file(mine.join("parts").join(part)).unwrap();
+    let o = util::bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        read_parquet(&mine.join("predictions.parquet"))
+            .unwrap()
+            .len(),
+        3594
+    );
+}
+
+/// A pipeline file with one `[score]` table into `out`, `overwrite = true`.
+fn score_pipeline(dir: &Path, data: &Path, model: &Path, out: &Path, lm: &Path) -> PathBuf {
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[score]\ndata_dir = {:?}\nmodel = {:?}\nout = {:?}\nlabel_map = {:?}\noverwrite = true\n",
+            data.display().to_string(),
+            model.display().to_string(),
+            out.display().to_string(),
+            lm.display().to_string()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn overwrite_refuses_a_folder_holding_files_vit_batch_did_not_write() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    let (d, m, l) = (
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    );
+    // A folder of the user's own.
+    let mine = t.path().join("mine");
+    write(&mine.join("notes.txt"), b"my notes");
+    write(&mine.join("charts/mine.png"), b"my chart");
+    // A finished run where the user since put files of their own.
+    let run_dir = t.path().join("run");
+    let args = score_args(d, m, run_dir.to_str().unwrap(), l);
+    assert_eq!(run(&args).status.code(), Some(0));
+    write(&run_dir.join("keep.txt"), b"keep me");
+    write(&run_dir.join("charts/annotated.png"), b"my annotated chart");
+    for out in [&mine, &run_dir] {
+        let before = snapshot(out);
+        let mut ow = score_args(d, m, out.to_str().unwrap(), l);
+        ow.push("--overwrite");
+        let o = run(&ow);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("did not write"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("charts/") && stderr(&o).contains(&out.display().to_string()),
+            "names the folder and the files: {}",
+            stderr(&o)
+        );
+        assert_eq!(snapshot(out), before, "{}", out.display());
+        // A pipeline with overwrite = true: refused before any stage runs.
+        let p = score_pipeline(t.path(), &data, &model, out, &lm);
+        let o = run(&["run", p.to_str().unwrap(), "--quiet"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("did not write"), "{}", stderr(&o));
+        assert_eq!(snapshot(out), before, "{}", out.display());
+    }
+}
+
+#[test]
+fn out_dir_equal_to_inside_or_around_data_dir_is_refused_and_nothing_is_deleted() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    // Class folders that share names with a run folder's own.
+    let img = std::fs::read(
+        util::fixtures()
+            .join("digits/test/3")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    write(&data.join("charts/a.png"), &img);
+    write(&data.join("parts/b.png"), &img);
+    let before = snapshot(&data);
+    let (d, m, l) = (
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    );
+    let inside = data.join("0/run");
+    let around = data.parent().unwrap().to_path_buf();
+    for out in [&data, &inside, &around] {
+        for extra in [&["--overwrite"][..], &[][..]] {
+            let mut a = score_args(d, m, out.to_str().unwrap(), l);
+            a.extend(extra);
+            let o = run(&a);
+            assert_no_panic(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "{}: {}",
+                out.display(),
+                stderr(&o)
+            );
+            let e = stderr(&o);
+            assert!(
+                e.contains("DATA_DIR") && e.contains(d) && e.contains(&out.display().to_string()),
+                "{e}"
+            );
+            assert_eq!(snapshot(&data), before, "{}", out.display());
+        }
+        // A pipeline checks it before any stage runs.
+        let p = score_pipeline(t.path(), &data, &model, out, &lm);
+        let o = run(&["run", p.to_str().unwrap(), "--quiet"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("DATA_DIR"), "{}", stderr(&o));
+        assert_eq!(snapshot(&data), before);
+    }
+    assert!(!inside.exists());
+}
+
+#[test]
+fn merge_into_one_of_its_shards_is_refused_and_the_shard_is_intact() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = crate::score::small_dataset(t.path(), 2, 3);
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let out = t.path().join(format!("s{k}"));
+            let mut a = score_args(
+                data.to_str().unwrap(),
+                model.to_str().unwrap(),
+                out.to_str().unwrap(),
+                lm.to_str().unwrap(),
+            );
+            let sh = format!("{k}/2");
+            a.extend(["--shard", sh.as_str()]);
+            assert_eq!(run(&a).status.code(), Some(0));
+            out
+        })
+        .collect();
+    let before: Vec<_> = shards.iter().map(|s| snapshot(s)).collect();
+    let (s0, s1) = (shards[0].to_str().unwrap(), shards[1].to_str().unwrap());
+    let inside = shards[1].join("merged");
+    for out in [s0, s1, inside.to_str().unwrap()] {
+        let o = run(&["merge", s0, s1, "--out", out, "--overwrite"]);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("shard") && stderr(&o).contains(out),
+            "{}",
+            stderr(&o)
+        );
+        for (s, b) in shards.iter().zip(&before) {
+            assert_eq!(&snapshot(s), b, "{}", s.display());
+        }
+    }
+    let merged = t.path().join("merged");
+    let o = run(&["merge", s0, s1, "--out", merged.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn gate_files_inside_a_compared_run_are_refused_and_the_runs_are_intact() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    let (base, cand) = (t.path().join("base"), t.path().join("cand"));
+    for out in [&base, &cand] {
+        let a = score_args(
+            data.to_str().unwrap(),
+            model.to_str().unwrap(),
+            out.to_str().unwrap(),
+            lm.to_str().unwrap(),
+        );
+        assert_eq!(run(&a).status.code(), Some(0));
+    }
+    let (b0, c0) = (snapshot(&base), snapshot(&cand));
+    let (b, c) = (base.to_str().unwrap(), cand.to_str().unwrap());
+    let cases = [
+        ("--json", base.join("predictions.parquet")),
+        ("--markdown", base.join("report.md")),
+        ("--junit", cand.join("junit.xml")),
+        ("--json", cand.join("sub/gate.json")),
+    ];
+    for (flag, p) in &cases {
+        let o = run(&["compare", b, c, flag, p.to_str().unwrap()]);
+        assert_no_panic(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{flag} {}: {}",
+            p.display(),
+            stderr(&o)
+        );
+        let e = stderr(&o);
+        assert!(
+            e.contains(flag) && e.contains(&p.display().to_string()) && e.contains("run folder"),
+            "{e}"
+        );
+        assert_eq!(snapshot(&base), b0);
+        assert_eq!(snapshot(&cand), c0);
+    }
+    // A pipeline's [gate] is checked before any stage runs.
+    let p = t.path().join("gate.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[gate]\nbaseline = {:?}\ncandidate = {:?}\njson = {:?}\n",
+            b,
+            c,
+            base.join("predictions.parquet").display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", p.to_str().unwrap(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--json"), "{}", stderr(&o));
+    assert_eq!(snapshot(&base), b0);
+    // Outside both runs it is written.
+    let ok = t.path().join("gate.json");
+    let o = run(&["compare", b, c, "--json", ok.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(ok.exists());
+}
+
+#[test]
+fn a_symlinked_charts_folder_is_refused_and_its_target_untouched() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let lm = digit_label_map(t.path());
+    let data = crate::score::small_dataset(t.path(), 2, 2);
+    let out = t.path().join("run");
+    let (d, m, l) = (
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    );
+    assert_eq!(
+        run(&score_args(d, m, out.to_str().unwrap(), l))
+            .status
+            .code(),
+        Some(0)
+    );
+    let elsewhere = t.path().join("elsewhere");
+    write(&elsewhere.join("confusion.png"), b"not yours");
+    for f in std::fs::read_dir(out.join("charts")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    std::fs::remove_dir(out.join("charts")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("charts")).unwrap();
+    let target = snapshot(&elsewhere);
+    let o = run(&["report", out.to_str().unwrap()]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_eq!(snapshot(&elsewhere), target);
+    for flag in ["--overwrite", "--resume"] {
+        let mut a = score_args(d, m, out.to_str().unwrap(), l);
+        a.push(flag);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("symbolic link"),
+            "{flag}: {}",
+            stderr(&o)
+        );
+        assert_eq!(snapshot(&elsewhere), target, "{flag}");
+    }
+    assert!(std::fs::symlink_metadata(out.join("charts"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -285,6 +285,8 @@ fn read_all(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .into_iter()
         .map(|e| e.unwrap())
         .filter(|e| e.file_type().is_file())
+        // The writer's lock (it holds the pid of the last render), not an output.
+        .filter(|e| e.file_name() != ".vit-batch.lock")
         .map(|e| {
             (
                 e.path().strip_prefix(dir).unwrap().to_path_buf(),
