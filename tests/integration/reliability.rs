@@ -403,20 +403,7 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     let t = tempdir();
     let model = micro_model(t.path());
     let lm = digit_label_map(t.path());
-    // A few thousand small real images: the digits, twice over.
-    let root = t.path().join("data");
-    for split in ["train", "test"] {
-        for c in 0..10 {
-            let dir = util::fixtures().join(format!("digits/{split}/{c}"));
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                let name = p.file_name().unwrap().to_str().unwrap().to_string();
-                let bytes = std::fs::read(&p).unwrap();
-                write(&root.join(format!("{c}/{split}-{name}")), &bytes);
-                write(&root.join(format!("{c}/copy-{split}-{name}")), &bytes);
-            }
-        }
-    }
+    let root = digits_twice(t.path());
     let args = |out: &Path| -> Vec<String> {
         [
             "score",
@@ -486,21 +473,7 @@ fn kill_9_then_resume_equals_an_uninterrupted_run() {
     );
 
     // Resuming with another model is refused.
-    let other = t.path().join("other");
-    assert!(util::run(&[
-        "export",
-        "--preset",
-        "vit-micro",
-        "--random-init",
-        "--seed",
-        "9",
-        "--num-labels",
-        "10",
-        "--out",
-        other.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let other = other_model(t.path());
     let mut bad = args(&killed);
     bad[3] = other.display().to_string();
     bad.push("--resume".into());
