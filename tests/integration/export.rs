@@ -516,6 +516,8 @@ fn export_ck(ck: &Path, out: &Path) -> vit_batch::Result<vit_batch::export::Expo
     ))
 }
 
+// Long on purpose: one broken checkpoint after another, each a few lines of setup and
+// one typed-error assertion; split up, the cases would only repeat the setup.
 #[test]
 fn export_bad_checkpoints_fail_with_typed_errors() {
     let spec = vit_spec();

@@ -107,6 +107,10 @@ fn layer_norm(x: &[f64], g: &[f32], b: &[f32], eps: f64) -> Vec<f64> {
 }
 
 /// Forward `batch` images (`pixels` is [batch, C, H, W] row-major).
+///
+/// Long on purpose: it is the independent oracle, written as one straight reading of
+/// the ViT forward pass (patches, tokens, blocks, head) so it can be checked against
+/// the paper line by line; splitting it would hide the order of the steps.
 pub fn forward(c: &RefConfig, t: &Tensors, pixels: &[f32], batch: usize) -> RefOutput {
     let p = c.prefix;
     let d = c.hidden;

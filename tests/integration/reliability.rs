@@ -47,6 +47,7 @@ fn animated_gif() -> Vec<u8> {
 }
 
 /// Build the corpus; returns (root, expected: rel path -> Some(error needle) | None for ok).
+/// Long on purpose: a flat list of bad files, one entry each.
 fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, Option<&'static str>>) {
     let root = dir.join("data");
     let mut exp = BTreeMap::new();

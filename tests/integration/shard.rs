@@ -12,6 +12,8 @@ fn metrics(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
 }
 
+// Long on purpose: one scenario (single run, four shards, merge, the refusals of a bad
+// set) whose steps share the runs it builds.
 #[test]
 fn four_shards_merged_equal_a_single_run() {
     let t = tempdir();
