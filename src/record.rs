@@ -255,7 +255,13 @@ pub(crate) fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn writer(f: &mut crate::fs::OutFile) -> ParquetWriter<&mut crate::fs::OutFile> {
+/// A Parquet writer with the project's settings. `key` (a run's
+/// [`crate::run::RunIdentity::part_key`]) is stored under [`RUN_KEY`].
+fn writer<'a>(
+    f: &'a mut crate::fs::OutFile,
+    schema: &Schema,
+    key: Option<&str>,
+) -> ParquetWriter<&'a mut crate::fs::OutFile> {
     // Min/max statistics are off: polars 0.55 writes min/max for some of these
     // columns in a form its own reader rejects ("max_value of statistics MUST be
     // plain encoded"). Null counts are kept.
@@ -266,9 +272,43 @@ fn writer(f: &mut crate::fs::OutFile) -> ParquetWriter<&mut crate::fs::OutFile> 
         null_count: true,
         ..Default::default()
     };
+    let mut kv = vec![compat_arrow_schema(schema)];
+    if let Some(k) = key {
+        kv.push((RUN_KEY.to_string(), k.to_string()));
+    }
     ParquetWriter::new(f)
         .with_compression(ParquetCompression::Zstd(None))
         .with_statistics(stats)
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(kv)))
+}
+
+/// The `ARROW:schema` entry of the file's metadata, with plain `string`, `binary`
+/// and `list` types. polars would store its in-memory types there (`string_view`,
+/// `large_list`), which readers built on Arrow C++ before 16 (pyarrow 14 and 15,
+/// and what embeds them) cannot read ("Unrecognized type: 24"). The data pages are
+/// the same either way: only the type a reader restores differs.
+fn compat_arrow_schema(schema: &Schema) -> (String, String) {
+    fn plain(f: ArrowField) -> ArrowField {
+        let dtype = match f.dtype {
+            ArrowDataType::LargeUtf8 | ArrowDataType::Utf8View => ArrowDataType::Utf8,
+            ArrowDataType::LargeBinary | ArrowDataType::BinaryView => ArrowDataType::Binary,
+            ArrowDataType::LargeList(inner) | ArrowDataType::List(inner) => {
+                ArrowDataType::List(Box::new(plain(*inner)))
+            }
+            d => d,
+        };
+        ArrowField { dtype, ..f }
+    }
+    let arrow: ArrowSchema = schema
+        .to_arrow(CompatLevel::oldest())
+        .iter_values()
+        .map(|f| {
+            let f = plain(f.clone());
+            (f.name.clone(), f)
+        })
+        .collect();
+    let kv = polars_parquet::write::schema_to_metadata_key(&arrow);
+    (kv.key, kv.value.unwrap_or_default())
 }
 
 /// Write rows as one Parquet file, atomically.
@@ -281,8 +321,8 @@ pub fn write_parquet(path: &Path, rows: &[Row]) -> Result<()> {
 fn write_parquet_keyed(path: &Path, rows: &[Row], key: Option<&str>) -> Result<()> {
     let mut df = to_frame(rows)?;
     crate::fs::atomic_write(path, |f| {
-        let kv = key.map(|k| KeyValueMetadata::from_static(vec![(RUN_KEY.into(), k.into())]));
-        writer(f).with_key_value_metadata(kv).finish(&mut df)?;
+        let schema = df.schema().as_ref().clone();
+        writer(f, &schema, key).finish(&mut df)?;
         Ok(())
     })
 }
@@ -436,7 +476,7 @@ pub(crate) fn write_streamed(
 ) -> Result<()> {
     crate::fs::atomic_write(dest, |f| {
         let schema = to_frame(&[])?.schema().as_ref().clone();
-        let mut w = writer(f).batched(&schema)?;
+        let mut w = writer(f, &schema, None).batched(&schema)?;
         for b in batches {
             let b = b?;
             if !b.is_empty() {
