@@ -106,15 +106,13 @@ fn score(a: ScoreCmd) -> Result<i32> {
     let outcome = vit_batch::score::score(&o, &mut progress).context("score failed")?;
     let m = &outcome.metrics.metrics;
     progress.note(&format!(
-        "{} images ({} ok, {} errors, {} unmapped, {} skipped); top-1 {:.2}%, top-{} {:.2}%; {:.1} img/s; wrote {}",
+        "{} images ({} ok, {} errors, {} unmapped, {} skipped); {}; {:.1} img/s; wrote {}",
         m.counts.images,
         m.counts.ok,
         m.counts.errors,
         m.counts.unmapped,
         m.counts.skipped,
-        100.0 * m.top1,
-        m.k,
-        100.0 * m.topk,
+        m.headline(),
         outcome.metrics.throughput.images_per_s,
         outcome.out_dir.display()
     ));
@@ -140,10 +138,10 @@ fn merge(o: MergeOptions) -> Result<i32> {
     let mut progress = Terminal::new(false, "vit-batch");
     render_report(&o.out, &mut progress)?;
     progress.note(&format!(
-        "merged {} shards, {} images, top-1 {:.2}%; wrote {}",
+        "merged {} shards, {} images, {}; wrote {}",
         m.throughput.shards.len(),
         m.metrics.counts.images,
-        100.0 * m.metrics.top1,
+        m.metrics.headline(),
         o.out.display()
     ));
     Ok(EXIT_OK)

@@ -16,8 +16,9 @@
 //!   the two runs is always an error (the data changed under the gate).
 //! - Compared images: matched rows whose class folder maps to a model label in both
 //!   runs (`label_id` set). A row that failed (`status = error`) counts as *not right*:
-//!   a candidate must not pass by failing to produce predictions. When no row failed,
-//!   the accuracy here is exactly `top1` of `metrics.json`.
+//!   a candidate must not pass by failing to produce predictions. This is the one
+//!   accuracy definition of `metrics.json`'s `top1` (failed images count as wrong), so
+//!   when both runs map the same classes the accuracy here is exactly each run's `top1`.
 //! - Gates (all drops are baseline − candidate; a gate fails when the drop is strictly
 //!   above the allowance):
 //!   1. `accuracy`: top-1 accuracy drop in percentage points.
@@ -437,6 +438,10 @@ fn metadata(base: &LoadedRun, cand: &LoadedRun) -> Vec<MetaDiff> {
             ("onnxruntime_version", run.onnxruntime_version.clone()),
             ("top_k", r.metrics.metrics.k.to_string()),
             ("dataset_fingerprint", run.dataset_fingerprint.clone()),
+            (
+                "subset",
+                run.subset.clone().unwrap_or_else(|| "all images".into()),
+            ),
             ("tool_version", run.tool_version.clone()),
         ]
     };

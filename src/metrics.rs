@@ -29,7 +29,13 @@ pub struct Counts {
     pub skipped: u64,
     /// Rows whose class folder matches no model label (scored, not in accuracy).
     pub unmapped: u64,
-    /// Rows counted in accuracy: ok and mapped.
+    /// Rows whose class folder maps to a model label, failed ones included: the
+    /// denominator of `top1` / `topk` (a failed image counts as wrong).
+    #[serde(default)]
+    pub labeled: u64,
+    /// Rows that scored and whose class maps to a model label: the denominator of
+    /// `top1_scored` / `topk_scored`, the per-class figures, the confusion matrix
+    /// and calibration (a failed image has no prediction to put there).
     pub evaluated: u64,
 }
 
@@ -120,10 +126,18 @@ impl Confusion {
 pub struct Metrics {
     /// Row counts.
     pub counts: Counts,
-    /// Top-1 accuracy over the evaluated rows.
+    /// Top-1 accuracy: right / `counts.labeled` (failed images count as wrong). The
+    /// one accuracy of a run: `score`, `report`, `compare` and `merge` all use it.
     pub top1: f64,
-    /// Top-k accuracy over the evaluated rows.
+    /// Top-k accuracy, same denominator as `top1`.
     pub topk: f64,
+    /// Top-1 accuracy of the scored images only: right / `counts.evaluated`, shown
+    /// beside `top1` (equal when no labeled image failed).
+    #[serde(default)]
+    pub top1_scored: f64,
+    /// Top-k accuracy of the scored images only.
+    #[serde(default)]
+    pub topk_scored: f64,
     /// The k of `topk`.
     pub k: usize,
     /// Per-class figures, by class id.
@@ -136,6 +150,36 @@ pub struct Metrics {
     pub confusion: Confusion,
     /// Calibration.
     pub calibration: Calibration,
+}
+
+impl Metrics {
+    /// The accuracy as every command prints it: `top1` and `topk` (over the labeled
+    /// images, failed ones counted wrong), with the scored-only figure beside it
+    /// when some labeled image failed; "n/a" when nothing was scored.
+    pub fn headline(&self) -> String {
+        let c = &self.counts;
+        if c.evaluated == 0 {
+            return format!(
+                "top-1 n/a (no image evaluated: {} labeled, {} failed)",
+                c.labeled, c.errors
+            );
+        }
+        let mut s = format!(
+            "top-1 {:.2}%, top-{} {:.2}% of {} labeled images",
+            100.0 * self.top1,
+            self.k,
+            100.0 * self.topk,
+            c.labeled
+        );
+        if c.labeled != c.evaluated {
+            s.push_str(&format!(
+                " (failed images counted wrong; of the {} scored: top-1 {:.2}%)",
+                c.evaluated,
+                100.0 * self.top1_scored
+            ));
+        }
+        s
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -190,6 +234,8 @@ impl Accumulator {
         }
         if r.label_id.is_none() {
             c.unmapped += 1;
+        } else {
+            c.labeled += 1;
         }
         let (Status::Ok, Some(t), Some(p)) = (r.status, r.label_id, r.pred_id) else {
             return;
@@ -279,10 +325,13 @@ impl Accumulator {
             .iter()
             .map(|b| ratio(b.count, total) * (b.accuracy - b.confidence).abs())
             .sum();
+        let labeled = self.counts.labeled;
         Metrics {
             counts: self.counts,
-            top1: ratio(self.top1, total),
-            topk: ratio(self.topk, total),
+            top1: ratio(self.top1, labeled),
+            topk: ratio(self.topk, labeled),
+            top1_scored: ratio(self.top1, total),
+            topk_scored: ratio(self.topk, total),
             k: self.k,
             macro_avg: avg(false),
             weighted_avg: avg(true),
@@ -374,6 +423,32 @@ mod tests {
             m.calibration.ece
         );
         assert!((m.macro_avg.f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_failed_labeled_image_counts_as_wrong_in_top1_not_in_top1_scored() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut failed = row(Some(1), 0, 0.0);
+        failed.status = Status::Error;
+        failed.pred_id = None;
+        failed.topk_ids = None;
+        let mut failed_unmapped = failed.clone();
+        failed_unmapped.label_id = None;
+        let rows = vec![
+            row(Some(0), 0, 0.9),
+            row(Some(1), 1, 0.8),
+            row(Some(2), 0, 0.7),
+            failed,
+            failed_unmapped,
+        ];
+        let m = compute(&rows, &labels, 2, 0);
+        assert_eq!((m.counts.labeled, m.counts.evaluated), (4, 3));
+        assert_eq!((m.counts.errors, m.counts.unmapped), (2, 1));
+        assert!((m.top1 - 2.0 / 4.0).abs() < 1e-12, "{}", m.top1);
+        assert!((m.top1_scored - 2.0 / 3.0).abs() < 1e-12);
+        // The confusion matrix holds the three scored rows only.
+        let cells: u64 = m.confusion.matrix.iter().flatten().sum();
+        assert_eq!(cells, 3);
     }
 
     #[test]

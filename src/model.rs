@@ -131,29 +131,66 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Read a `--label-map` CSV of `folder,label` lines (a header line `folder,label` is
-/// allowed; `#` starts a comment).
+/// Read a `--label-map` CSV of `folder,label` rows, parsed as CSV (quoted fields
+/// may hold commas; a UTF-8 byte-order mark is dropped). A header row `folder,label`
+/// is allowed and `#` starts a comment line. A folder named twice is an error (which
+/// of the two would win is a guess); so is a row without exactly two fields.
 pub(crate) fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let bad = |line: u64, what: String| Error::Config {
+        what: format!("{}:{line}: {what}", path.display()),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(body);
     let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty()
-            || line.starts_with('#')
-            || (i == 0 && line.eq_ignore_ascii_case("folder,label"))
-        {
+    let mut first_line: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, rec) in reader.byte_records().enumerate() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            bad(line, format!("not valid CSV: {e}"))
+        })?;
+        let line = rec.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+        let fields: Vec<&[u8]> = rec.iter().collect();
+        if fields.iter().all(|f| f.is_empty()) {
             continue;
         }
-        let Some((folder, label)) = line.split_once(',') else {
-            return Err(Error::Config {
-                what: format!(
-                    "{}:{}: expected `folder,label`, got `{line}`",
-                    path.display(),
-                    i + 1
-                ),
-            });
+        let text = |f: &[u8]| {
+            std::str::from_utf8(f)
+                .map(str::to_string)
+                .map_err(|_| bad(line, "not valid UTF-8".to_string()))
         };
-        out.insert(folder.trim().to_string(), label.trim().to_string());
+        if fields.len() != 2 || fields[0].is_empty() || fields[1].is_empty() {
+            return Err(bad(
+                line,
+                format!(
+                    "expected two fields `folder,label`, got {} ({})",
+                    fields.len(),
+                    String::from_utf8_lossy(rec.as_slice())
+                ),
+            ));
+        }
+        let (folder, label) = (text(fields[0])?, text(fields[1])?);
+        if out.is_empty()
+            && first_line.is_empty()
+            && folder.eq_ignore_ascii_case("folder")
+            && label.eq_ignore_ascii_case("label")
+        {
+            first_line.insert(String::new(), line);
+            continue;
+        }
+        if let Some(prev) = first_line.get(&folder) {
+            return Err(bad(
+                line,
+                format!("folder '{folder}' is mapped twice (first on line {prev})"),
+            ));
+        }
+        first_line.insert(folder.clone(), line);
+        out.insert(folder, label);
     }
     Ok(out)
 }
@@ -180,11 +217,48 @@ pub(crate) fn map_labels(
     label2id: &BTreeMap<String, usize>,
     label_map: Option<&BTreeMap<String, String>>,
 ) -> Result<LabelMapping> {
-    let by_name: BTreeMap<&str, usize> = model_labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    // Names that `id2label` gives to more than one id: matching a folder to one of
+    // them by name would pick an id at random, so it needs a label map naming the id.
+    let mut ambiguous: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, l) in model_labels.iter().enumerate() {
+        if let Some(&first) = by_name.get(l.as_str()) {
+            ambiguous
+                .entry(l.as_str())
+                .or_insert_with(|| vec![first])
+                .push(i);
+        } else {
+            by_name.insert(l.as_str(), i);
+        }
+    }
+    if let Some(lm) = label_map {
+        let stray: Vec<&str> = lm
+            .keys()
+            .filter(|f| !classes.contains(f))
+            .map(String::as_str)
+            .collect();
+        if !stray.is_empty() {
+            return Err(Error::Config {
+                what: format!(
+                    "the label map names {} folder(s) that are not class folders of the dataset: {} (dataset classes: {}); fix the map (a typo, stray quotes or spaces?)",
+                    stray.len(),
+                    stray.iter().take(10).map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", "),
+                    classes.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    let check_unique = |c: &str, name: &str| -> Result<()> {
+        match ambiguous.get(name) {
+            Some(ids) => Err(Error::Model {
+                what: format!(
+                    "folder '{c}' matches label '{name}', which id2label gives to ids {}; map the folder to one id with a label map (`{c},<id>`)",
+                    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            None => Ok(()),
+        }
+    };
     let mut m = LabelMapping {
         model_labels: model_labels.to_vec(),
         class_to_id: BTreeMap::new(),
@@ -194,6 +268,9 @@ pub(crate) fn map_labels(
     for c in classes {
         let explicit = label_map.and_then(|lm| lm.get(c));
         let found = if let Some(target) = explicit {
+            if target.parse::<usize>().is_err() {
+                check_unique(c, target)?;
+            }
             let id = by_name
                 .get(target.as_str())
                 .copied()
@@ -215,6 +292,7 @@ pub(crate) fn map_labels(
                 }
             }
         } else if let Some(&id) = by_name.get(c.as_str()) {
+            check_unique(c, c)?;
             Some((id, "name"))
         } else {
             label2id
@@ -287,5 +365,57 @@ mod tests {
                 && err.contains("model labels (3): cat, dog, tench"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn label_map_rows_naming_no_folder_and_ambiguous_names_fail() {
+        let labels = s(&["cat", "crane", "crane"]);
+        let none = BTreeMap::new();
+        let mut lm = BTreeMap::new();
+        lm.insert("ktty".to_string(), "cat".to_string());
+        let err = map_labels(&s(&["kitty"]), &labels, &none, Some(&lm))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'ktty'") && err.contains("not class folders"),
+            "{err}"
+        );
+        // A folder named like a duplicated label: refused, naming both ids.
+        let err = map_labels(&s(&["cat", "crane"]), &labels, &none, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ids 1, 2"), "{err}");
+        // ...unless a label map names the id.
+        let mut lm = BTreeMap::new();
+        lm.insert("crane".to_string(), "2".to_string());
+        let m = map_labels(&s(&["cat", "crane"]), &labels, &none, Some(&lm)).unwrap();
+        assert_eq!(m.class_to_id["crane"], 2);
+        // Mapping to the ambiguous name itself does not disambiguate.
+        lm.insert("crane".to_string(), "crane".to_string());
+        assert!(map_labels(&s(&["crane"]), &labels, &none, Some(&lm)).is_err());
+    }
+
+    #[test]
+    fn label_map_is_real_csv() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.csv");
+        std::fs::write(
+            &p,
+            b"\xEF\xBB\xBFfolder,label\n# comment\n\"a, b\",\"cat\"\n\n  dog , 1 \n",
+        )
+        .unwrap();
+        let m = read_label_map(&p).unwrap();
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m["a, b"], "cat");
+        assert_eq!(m["dog"], "1");
+        std::fs::write(&p, "a,cat\nb,dog\na,dog\n").unwrap();
+        let err = read_label_map(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(":3:") && err.contains("first on line 1"),
+            "{err}"
+        );
+        std::fs::write(&p, "a,cat,extra\n").unwrap();
+        let err = read_label_map(&p).unwrap_err().to_string();
+        assert!(err.contains("two fields"), "{err}");
     }
 }

@@ -254,9 +254,24 @@ pub struct ScoreOptions {
     #[serde(default)]
     pub label_map: Option<PathBuf>,
     /// Score only the first N images (in sorted order).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sample")]
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Follow symbolic links that lead outside DATA_DIR (by default an image link
+    /// leaving it is an error row and a folder link a warning; both are counted).
+    #[arg(long)]
+    #[serde(default)]
+    pub follow_links: bool,
+    /// Score a stratified sample of N images: each class in proportion to its size
+    /// (at least one per class while N allows), chosen by --seed. A smoke test that
+    /// covers every class, unlike --limit.
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub sample: Option<usize>,
+    /// Seed of --sample (the same seed gives the same images on every machine).
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    #[serde(default)]
+    pub seed: u64,
     /// Path of libonnxruntime.so.<version> (else ORT_DYLIB_PATH, else the project's .ort/).
     #[arg(long)]
     #[serde(default)]
@@ -349,6 +364,9 @@ impl ScoreOptions {
             top_k: DEFAULT_TOP_K,
             label_map: None,
             limit: None,
+            sample: None,
+            seed: 0,
+            follow_links: false,
             ort_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
             preprocess: PreprocessMode::Model,
@@ -398,6 +416,15 @@ impl ScoreOptions {
         }
         if self.resume && self.overwrite {
             return Err(invalid("resume", "cannot be combined with overwrite"));
+        }
+        if let Some(n) = self.limit {
+            at_least_one("limit", n)?;
+        }
+        if let Some(n) = self.sample {
+            at_least_one("sample", n)?;
+            if self.limit.is_some() {
+                return Err(invalid("sample", "cannot be combined with limit"));
+            }
         }
         if self.max_pixels == 0 {
             return Err(invalid("max_pixels", "must be at least 1"));

@@ -522,9 +522,9 @@ fn run_stage(
             let s = crate::score::score(o, progress)?;
             let m = &s.metrics.metrics;
             progress.note(&format!(
-                "{head}: {} images, top-1 {:.2}%, {:.1} img/s",
+                "{head}: {} images, {}, {:.1} img/s",
                 m.counts.images,
-                100.0 * m.top1,
+                m.headline(),
                 s.metrics.throughput.images_per_s
             ));
         }

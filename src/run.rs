@@ -84,6 +84,9 @@ pub struct RunIdentity {
     pub dataset_images: usize,
     /// The `limit` option, when set.
     pub limit: Option<usize>,
+    /// The `sample` option and its seed, when set.
+    #[serde(default)]
+    pub sample: Option<(usize, u64)>,
     /// The shard this run scores, when sharded.
     pub shard: Option<Shard>,
     /// Predictions kept per image.
@@ -131,6 +134,17 @@ impl RunIdentity {
         }
         if self.limit != other.limit {
             d.push(format!("limit ({:?} vs {:?})", self.limit, other.limit));
+        }
+        if self.sample != other.sample {
+            let show = |s: Option<(usize, u64)>| match s {
+                Some((n, seed)) => format!("{n} seed {seed}"),
+                None => "none".to_string(),
+            };
+            d.push(format!(
+                "sample ({} vs {})",
+                show(self.sample),
+                show(other.sample)
+            ));
         }
         if self.top_k != other.top_k {
             d.push(format!("top_k ({} vs {})", self.top_k, other.top_k));
@@ -255,6 +269,9 @@ pub struct RunInfo {
     pub dataset_fingerprint: String,
     /// The shard, when sharded.
     pub shard: Option<Shard>,
+    /// Which part of the dataset was scored when not all of it (`sample`, `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// How class folders map onto model labels.
     pub label_mapping: LabelMapping,
     /// Warnings of the run (also printed).

@@ -84,11 +84,14 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             ),
         });
     }
-    let mut dataset = walk::walk(&opts.data_dir)?;
+    let mut dataset = walk::walk(&opts.data_dir, opts.follow_links)?;
     let fingerprint = dataset.fingerprint();
     let dataset_images = dataset.entries.len();
     if let Some(n) = opts.limit {
         dataset.limit(n);
+    }
+    if let Some(n) = opts.sample {
+        dataset.sample(n, opts.seed);
     }
     if let Some(s) = opts.shard {
         if s.count == 0 || s.index >= s.count {
@@ -121,6 +124,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         dataset_fingerprint: fingerprint,
         dataset_images,
         limit: opts.limit,
+        sample: opts.sample.map(|n| (n, opts.seed)),
         shard: opts.shard,
         top_k: opts.top_k,
         model_labels: labels,
@@ -547,8 +551,27 @@ fn announce(opts: &ScoreOptions, p: &Prepared, progress: &mut dyn Progress) -> V
             p.mapping.unmapped.join(", ")
         ));
     }
+    if let Some(n) = opts.limit {
+        let covered: std::collections::BTreeSet<&str> =
+            p.dataset.entries.iter().map(|e| e.class.as_str()).collect();
+        let all = p.dataset.classes.len() - p.dataset.empty_classes.len();
+        if covered.len() < all {
+            warnings.push(format!(
+                "limit {n} takes the first {n} paths in sorted order: {} of the {all} classes; `sample` takes a stratified sample of every class",
+                covered.len()
+            ));
+        }
+    }
     for w in &warnings {
         progress.warn(w);
+    }
+    if let Some(n) = opts.sample {
+        progress.note(&format!(
+            "sample of {} of {} images (stratified by class, seed {})",
+            p.dataset.entries.len().min(n),
+            p.identity.dataset_images,
+            opts.seed
+        ));
     }
     if let Some(s) = &opts.shard {
         progress.note(&format!(
@@ -691,6 +714,21 @@ fn infer_batch(
 }
 
 /// Provenance of the run, for `metrics.json`.
+/// Which images of the dataset the run covers, when not all (before sharding).
+fn subset(opts: &ScoreOptions, p: &Prepared) -> Option<String> {
+    let of = p.identity.dataset_images;
+    if let Some(n) = opts.sample.filter(|&n| n < of) {
+        Some(format!(
+            "stratified sample of {n} of {of} images (seed {})",
+            opts.seed
+        ))
+    } else {
+        opts.limit
+            .filter(|&n| n < of)
+            .map(|n| format!("first {n} of {of} images (limit)"))
+    }
+}
+
 fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo {
     RunInfo {
         tool: "vit-batch".into(),
@@ -710,6 +748,7 @@ fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo
         preprocess_source: p.identity.preprocess_source.clone(),
         dataset_fingerprint: p.identity.dataset_fingerprint.clone(),
         shard: opts.shard,
+        subset: subset(opts, p),
         label_mapping: p.mapping.clone(),
         warnings,
         attention: p.attention.clone(),

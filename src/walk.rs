@@ -48,25 +48,59 @@ pub(crate) struct Dataset {
     pub skipped: Vec<String>,
     /// Human-readable notes (symlink loops, unreadable folders, ...).
     pub warnings: Vec<String>,
+    /// Symbolic links leading outside the root that were not followed.
+    pub links_not_followed: u64,
 }
 
-/// Record a path losslessly as UTF-8: valid UTF-8 is kept as is; each byte of an
-/// invalid sequence is written as `\xNN` (documented in the README).
+/// Record a path losslessly and unambiguously as UTF-8: valid UTF-8 is kept as is
+/// except that a backslash is doubled (`\\`); each byte of an invalid sequence is
+/// written as `\xNN` (documented in the README). So a raw 0xFF byte (`\xFF`) and a
+/// literal `\xFF` in a name (`\\xFF`) stay apart, and [`path_from_string`] inverts it.
 pub(crate) fn path_to_string(p: &Path) -> String {
     let bytes = p.as_os_str().as_bytes();
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_string(),
-        Err(_) => {
-            let mut out = String::new();
-            for chunk in bytes.utf8_chunks() {
-                out.push_str(chunk.valid());
-                for b in chunk.invalid() {
-                    out.push_str(&format!("\\x{b:02X}"));
-                }
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
             }
-            out
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
         }
     }
+    out
+}
+
+/// The file-system path a recorded path names (the inverse of [`path_to_string`]).
+pub(crate) fn path_from_string(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            if b.get(i + 1) == Some(&b'x') {
+                if let Some(v) = s
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
 }
 
 pub(crate) fn is_image_name(name: &OsStr) -> bool {
@@ -81,8 +115,12 @@ fn is_hidden(name: &OsStr) -> bool {
     name.as_bytes().first() == Some(&b'.')
 }
 
-/// Walk `root`. Fails only when the root itself is unusable or holds no image.
-pub(crate) fn walk(root: &Path) -> Result<Dataset> {
+/// Walk `root`. Fails only when the root itself is unusable or holds no image, or
+/// when two files would be recorded under the same path. Symbolic links are followed
+/// while they stay inside `root`; one that leads outside is followed only with
+/// `follow_links` (else an image link becomes an error row and a folder link a
+/// warning, both counted in [`Dataset::links_not_followed`]).
+pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
     let meta = std::fs::metadata(root).map_err(|e| Error::Dataset {
         what: format!("cannot open dataset folder {}: {e}", root.display()),
     })?;
@@ -94,12 +132,31 @@ pub(crate) fn walk(root: &Path) -> Result<Dataset> {
     let mut ds = Dataset {
         ..Default::default()
     };
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::Dataset {
+        what: format!("cannot resolve dataset folder {}: {e}", root.display()),
+    })?;
+    // Links that lead outside the root, found before walkdir would descend into them.
+    let mut outside: Vec<(PathBuf, PathBuf, bool)> = vec![];
     let walker = WalkDir::new(root)
         .follow_links(true)
         .min_depth(1)
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
         .into_iter()
-        .filter_entry(|e| !is_hidden(e.file_name()));
+        .filter_entry(|e| {
+            if is_hidden(e.file_name()) {
+                return false;
+            }
+            if follow_links || !e.path_is_symlink() {
+                return true;
+            }
+            match std::fs::canonicalize(e.path()) {
+                Ok(target) if !target.starts_with(&real_root) => {
+                    outside.push((e.path().to_path_buf(), target, e.file_type().is_dir()));
+                    false
+                }
+                _ => true,
+            }
+        });
     for item in walker {
         match item {
             Ok(e) => {
@@ -135,8 +192,50 @@ pub(crate) fn walk(root: &Path) -> Result<Dataset> {
             Err(err) => handle_walk_error(root, &mut ds, err),
         }
     }
+    ds.links_not_followed = outside.len() as u64;
+    let mut folder_links = vec![];
+    for (path, target, is_dir) in outside {
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        let rel_s = path_to_string(&rel);
+        let name = path.file_name().unwrap_or_default();
+        if !is_dir && rel.components().count() >= 2 && is_image_name(name) {
+            ds.entries.push(Entry {
+                class: class_of(&rel),
+                rel: rel_s,
+                path,
+                size: 0,
+                problem: Some(format!(
+                    "symbolic link to {}, outside the dataset folder: not followed (pass the follow_links option to follow it)",
+                    target.display()
+                )),
+            });
+        } else {
+            if is_dir && rel.components().count() == 1 {
+                ds.classes.push(rel_s.clone());
+            }
+            folder_links.push(format!("{rel_s} -> {}", target.display()));
+        }
+    }
+    if !folder_links.is_empty() {
+        ds.warnings.push(format!(
+            "{} symbolic link(s) lead outside the dataset folder and were not followed (pass the follow_links option to follow them): {}{}",
+            folder_links.len(),
+            folder_links.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if folder_links.len() > 5 { ", ..." } else { "" }
+        ));
+    }
     ds.entries
         .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    if let Some(w) = ds.entries.windows(2).find(|w| w[0].rel == w[1].rel) {
+        return Err(Error::Dataset {
+            what: format!(
+                "two files are recorded under the same path {} ({} and {})",
+                w[0].rel,
+                w[0].path.display(),
+                w[1].path.display()
+            ),
+        });
+    }
     ds.classes.sort();
     ds.classes.dedup();
     ds.empty_classes = ds
@@ -252,6 +351,81 @@ impl Dataset {
     pub(crate) fn limit(&mut self, n: usize) {
         self.entries.truncate(n);
     }
+
+    /// Keep a stratified sample of `n` entries (`--sample N --seed S`): each class
+    /// gets its share of `n` in proportion to its size (largest remainder, ties to
+    /// the smaller class name), at least one image per class while `n` allows; within
+    /// a class the images with the smallest SHA-256 of (seed, path) are taken. The
+    /// sample depends only on the paths, `n` and the seed, and the entries stay in
+    /// path order.
+    pub(crate) fn sample(&mut self, n: usize, seed: u64) {
+        if n >= self.entries.len() {
+            return;
+        }
+        let mut by_class: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, e) in self.entries.iter().enumerate() {
+            by_class.entry(e.class.as_str()).or_default().push(i);
+        }
+        let total = self.entries.len();
+        let classes: Vec<(&str, usize)> = by_class.iter().map(|(c, v)| (*c, v.len())).collect();
+        // Floor shares, then the remaining slots by largest remainder.
+        let mut take: Vec<usize> = classes.iter().map(|&(_, k)| k * n / total).collect();
+        if n >= classes.len() {
+            for t in take.iter_mut() {
+                *t = (*t).max(1);
+            }
+        }
+        let mut left = n.saturating_sub(take.iter().sum());
+        let mut order: Vec<usize> = (0..classes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse((classes[i].1 * n) % total));
+        while left > 0 {
+            let mut gave = false;
+            for &i in &order {
+                if left > 0 && take[i] < classes[i].1 {
+                    take[i] += 1;
+                    left -= 1;
+                    gave = true;
+                }
+            }
+            if !gave {
+                break;
+            }
+        }
+        // Shares above n (the at-least-one rule) come off the largest classes.
+        let mut over = take.iter().sum::<usize>().saturating_sub(n);
+        while over > 0 {
+            let Some(i) = (0..take.len())
+                .filter(|&i| take[i] > 1)
+                .max_by_key(|&i| (take[i], std::cmp::Reverse(i)))
+            else {
+                break;
+            };
+            take[i] -= 1;
+            over -= 1;
+        }
+        let mut keep = vec![false; total];
+        for ((_, idx), &t) in by_class.iter().zip(&take) {
+            let mut ranked: Vec<(Vec<u8>, usize)> = idx
+                .iter()
+                .map(|&i| {
+                    let mut h = Sha256::new();
+                    h.update(seed.to_le_bytes());
+                    h.update(self.entries[i].rel.as_bytes());
+                    (h.finalize().to_vec(), i)
+                })
+                .collect();
+            ranked.sort();
+            for (_, i) in ranked.into_iter().take(t) {
+                keep[i] = true;
+            }
+        }
+        let all = std::mem::take(&mut self.entries);
+        self.entries = all
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(e, k)| k.then_some(e))
+            .collect();
+    }
 }
 
 #[cfg(test)]
@@ -276,7 +450,7 @@ mod tests {
         touch(&r.join(".git/x.jpg"));
         touch(&r.join("top.jpg"));
         fs::create_dir_all(r.join("empty")).unwrap();
-        let ds = walk(r).unwrap();
+        let ds = walk(r, false).unwrap();
         let rels: Vec<_> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
         assert_eq!(rels, vec!["a/z.jpg", "b/2.PNG", "b/sub/1.jpeg"]);
         assert_eq!(ds.entries[2].class, "b");
@@ -292,7 +466,7 @@ mod tests {
         touch(&r.join("a/ok.png"));
         std::os::unix::fs::symlink(r.join("missing.png"), r.join("a/gone.png")).unwrap();
         std::os::unix::fs::symlink(r.join("a"), r.join("a/loop")).unwrap();
-        let ds = walk(r).unwrap();
+        let ds = walk(r, false).unwrap();
         let gone = ds.entries.iter().find(|e| e.rel == "a/gone.png").unwrap();
         assert!(gone.problem.as_deref().unwrap().contains("dangling"));
         assert!(
@@ -306,17 +480,124 @@ mod tests {
     fn non_utf8_names_are_escaped_losslessly() {
         let p = Path::new(OsStr::from_bytes(b"a/caf\xE9.png"));
         assert_eq!(path_to_string(p), "a/caf\\xE9.png");
+        // A literal backslash sequence stays apart from the escaped byte.
+        let lit = Path::new("a/caf\\xE9.png");
+        assert_eq!(path_to_string(lit), "a/caf\\\\xE9.png");
+        for raw in [
+            &b"a/caf\xE9.png"[..],
+            b"a/caf\\xE9.png",
+            b"a/\\\\x\xff\\",
+            b"plain/\xc3\xa9.png",
+        ] {
+            let p = Path::new(OsStr::from_bytes(raw));
+            assert_eq!(path_from_string(&path_to_string(p)), p, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn raw_byte_and_literal_escape_siblings_are_both_scored() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        fs::create_dir_all(&a).unwrap();
+        fs::write(a.join(OsStr::from_bytes(b"x\xFF.png")), b"1").unwrap();
+        fs::write(a.join("x\\xFF.png"), b"2").unwrap();
+        let ds = walk(t.path(), false).unwrap();
+        assert_eq!(ds.entries.len(), 2);
+        assert_ne!(ds.entries[0].rel, ds.entries[1].rel);
+    }
+
+    #[test]
+    fn links_leaving_the_root_are_not_followed_unless_asked() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("data");
+        let elsewhere = t.path().join("elsewhere");
+        touch(&r.join("a/in.png"));
+        touch(&elsewhere.join("x.png"));
+        touch(&elsewhere.join("sub/y.png"));
+        std::os::unix::fs::symlink(elsewhere.join("x.png"), r.join("a/out.png")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, r.join("b")).unwrap();
+        std::os::unix::fs::symlink(r.join("a/in.png"), r.join("a/inside.png")).unwrap();
+        let ds = walk(&r, false).unwrap();
+        let rels: Vec<_> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
+        assert_eq!(rels, vec!["a/in.png", "a/inside.png", "a/out.png"]);
+        assert!(ds.entries[1].problem.is_none());
+        assert!(ds.entries[2]
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("not followed"));
+        assert_eq!(ds.links_not_followed, 2);
+        assert!(
+            ds.warnings.iter().any(|w| w.contains("b -> ")),
+            "{:?}",
+            ds.warnings
+        );
+        let ds = walk(&r, true).unwrap();
+        let rels: Vec<_> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            vec![
+                "a/in.png",
+                "a/inside.png",
+                "a/out.png",
+                "b/sub/y.png",
+                "b/x.png"
+            ]
+        );
+        assert!(ds.entries.iter().all(|e| e.problem.is_none()));
+        assert_eq!(ds.links_not_followed, 0);
+    }
+
+    #[test]
+    fn sample_is_stratified_deterministic_and_sorted() {
+        let t = tempfile::tempdir().unwrap();
+        // 60 / 30 / 10 images, a class per tenth of the alphabet.
+        for (c, k) in [("a", 60), ("b", 30), ("c", 10)] {
+            for i in 0..k {
+                touch(&t.path().join(format!("{c}/{i:03}.png")));
+            }
+        }
+        let full = walk(t.path(), false).unwrap();
+        let count = |d: &Dataset, c: &str| d.entries.iter().filter(|e| e.class == c).count();
+        let mut s = full.clone();
+        s.sample(20, 7);
+        assert_eq!(s.entries.len(), 20);
+        assert_eq!((count(&s, "a"), count(&s, "b"), count(&s, "c")), (12, 6, 2));
+        assert!(s.entries.windows(2).all(|w| w[0].rel < w[1].rel));
+        let mut again = full.clone();
+        again.sample(20, 7);
+        assert_eq!(s.entries, again.entries);
+        let mut other = full.clone();
+        other.sample(20, 8);
+        assert_ne!(s.entries, other.entries);
+        // Every class is represented while n allows, and n is exact.
+        let mut tiny = full.clone();
+        tiny.sample(3, 0);
+        assert_eq!(
+            (count(&tiny, "a"), count(&tiny, "b"), count(&tiny, "c")),
+            (1, 1, 1)
+        );
+        let mut five = full.clone();
+        five.sample(5, 0);
+        assert_eq!(five.entries.len(), 5);
+        assert!(count(&five, "c") >= 1);
+        let mut all = full.clone();
+        all.sample(1000, 0);
+        assert_eq!(all.entries, full.entries);
     }
 
     #[test]
     fn empty_dataset_is_an_error_and_shards_partition() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("a")).unwrap();
-        assert!(walk(t.path()).unwrap_err().to_string().contains("no image"));
+        assert!(walk(t.path(), false)
+            .unwrap_err()
+            .to_string()
+            .contains("no image"));
         for i in 0..10 {
             touch(&t.path().join(format!("a/{i}.png")));
         }
-        let full = walk(t.path()).unwrap();
+        let full = walk(t.path(), false).unwrap();
         let mut seen = vec![];
         for k in 0..3 {
             let mut s = full.clone();

@@ -453,6 +453,7 @@ mod tests {
                 preprocess_source: "defaults".into(),
                 dataset_fingerprint: "test".into(),
                 shard: None,
+                subset: None,
                 label_mapping: crate::model::LabelMapping {
                     model_labels: labels.to_vec(),
                     matched_by: class_to_id

@@ -200,7 +200,17 @@ fn summary_section(s: &mut String, data: &ReportData) {
             pct(x)
         }
     };
-    card(s, "Top-1 accuracy", &acc(m.top1), &ci(data.top1_ci));
+    let top1_note = if c.labeled != c.evaluated && c.evaluated > 0 {
+        format!(
+            "{}; {} of the {} scored",
+            ci(data.top1_ci),
+            pct(m.top1_scored),
+            thousands(c.evaluated)
+        )
+    } else {
+        ci(data.top1_ci)
+    };
+    card(s, "Top-1 accuracy", &acc(m.top1), &top1_note);
     card(
         s,
         &format!("Top-{} accuracy", m.k),
@@ -230,13 +240,14 @@ fn summary_section(s: &mut String, data: &ReportData) {
         &format!("{:.1} img/s", t.images_per_s),
         &format!("{} scored in {:.1} s", thousands(t.scored), t.wall_s),
     );
-    s.push_str("</div><table id=\"counts\"><thead><tr><th>Images</th><th>Ok</th><th>Errors</th><th>Skipped (non-image)</th><th>Unmapped</th><th>Evaluated</th><th>Wrong</th></tr></thead><tbody><tr>");
+    s.push_str("</div><table id=\"counts\"><thead><tr><th>Images</th><th>Ok</th><th>Errors</th><th>Skipped (non-image)</th><th>Unmapped</th><th>Labeled</th><th>Evaluated</th><th>Wrong</th></tr></thead><tbody><tr>");
     for v in [
         c.images,
         c.ok,
         c.errors,
         c.skipped,
         c.unmapped,
+        c.labeled,
         c.evaluated,
         data.wrong_total as u64,
     ] {
@@ -245,8 +256,9 @@ fn summary_section(s: &mut String, data: &ReportData) {
     s.push_str("</tr></tbody></table>");
     let _ = write!(
         s,
-        "<p class=\"mut\">Accuracy counts the evaluated images (scored and whose class folder maps to a model label). \
-Intervals: 95% percentile bootstrap, {} resamples of the evaluated images, fixed seed.</p>",
+        "<p class=\"mut\">Accuracy = right / labeled images (those whose class folder maps to a model label); \
+a labeled image that failed counts as wrong. Evaluated = labeled and scored: the per-class figures, confusion matrix and calibration cover these. \
+Intervals: 95% percentile bootstrap, {} resamples of the labeled images, fixed seed.</p>",
         super::BOOTSTRAP_RESAMPLES
     );
     if !run.label_mapping.unmapped.is_empty() {
@@ -514,6 +526,9 @@ fn run_section(s: &mut String, data: &ReportData) {
     meta_row(s, "Model sha256", &run.model_sha256);
     meta_row(s, "Dataset", &run.data_dir);
     meta_row(s, "Dataset fingerprint", &run.dataset_fingerprint);
+    if let Some(sub) = &run.subset {
+        meta_row(s, "Subset", sub);
+    }
     meta_row(s, "Tool", &format!("{} {}", run.tool, run.tool_version));
     meta_row(s, "ONNX Runtime", &run.onnxruntime_version);
     meta_row(

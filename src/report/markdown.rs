@@ -62,7 +62,12 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         thousands(c.unmapped),
         thousands(c.skipped)
     );
-    let _ = writeln!(s, "| Evaluated | {} |", thousands(c.evaluated));
+    let _ = writeln!(
+        s,
+        "| Labeled / evaluated | {} with a model class / {} of them scored |",
+        thousands(c.labeled),
+        thousands(c.evaluated)
+    );
     let acc = |x: f64, ci| {
         if c.evaluated == 0 {
             "n/a (no image evaluated)".to_string()
@@ -71,6 +76,14 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         }
     };
     let _ = writeln!(s, "| Top-1 accuracy | {} |", acc(m.top1, data.top1_ci));
+    if c.labeled != c.evaluated && c.evaluated > 0 {
+        let _ = writeln!(
+            s,
+            "| Top-1 of the scored images only | {} (the {} failed labeled images left out) |",
+            super::pct(m.top1_scored),
+            thousands(c.labeled - c.evaluated)
+        );
+    }
     let _ = writeln!(
         s,
         "| Top-{} accuracy | {} |",
@@ -84,6 +97,9 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         m.calibration.bins.len(),
         m.calibration.ece
     );
+    if let Some(sub) = &data.file.run.subset {
+        let _ = writeln!(s, "| Subset | {} |", escape::markdown(sub));
+    }
     let _ = writeln!(
         s,
         "| Preprocessing | {} |",
@@ -163,7 +179,7 @@ pub(crate) fn markdown(data: &ReportData) -> String {
     }
     let _ = writeln!(
         s,
-        "Intervals: 95% percentile bootstrap, {} resamples of the evaluated images (seeded). Full report: `report.html`.",
+        "Accuracy = right / labeled images (class folder maps to a model label); a failed image counts as wrong. Intervals: 95% percentile bootstrap, {} resamples of the labeled images (seeded). Full report: `report.html`.",
         super::BOOTSTRAP_RESAMPLES
     );
     s

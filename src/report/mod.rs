@@ -193,9 +193,18 @@ impl ReportData {
     /// Build the report data from rows and the metrics file; `data_dir` is where
     /// thumbnails are read from (None: no thumbnails).
     pub(crate) fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
+        // The intervals are of `top1` / `topk`: over the labeled rows, a failed one
+        // counted wrong (see `metrics::Metrics::top1`).
+        let labeled: Vec<&Row> = rows.iter().filter(|r| r.label_id.is_some()).collect();
+        let labeled_flags = right_flags(&labeled, file.metrics.k);
         let evaluated: Vec<&Row> = rows.iter().filter(|r| is_evaluated(r)).collect();
         let flags = right_flags(&evaluated, file.metrics.k);
-        let (top1_ci, topk_ci) = match bootstrap(&flags, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
+        let resample = if evaluated.is_empty() {
+            &[][..]
+        } else {
+            &labeled_flags[..]
+        };
+        let (top1_ci, topk_ci) = match bootstrap(resample, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
@@ -229,12 +238,16 @@ impl ReportData {
     }
 }
 
-/// (top-1 right, true class in the top k) of each evaluated row.
-fn right_flags(evaluated: &[&Row], k: usize) -> Vec<(bool, bool)> {
-    evaluated
+/// (top-1 right, true class in the top k) of each labeled row; a failed row is
+/// neither.
+fn right_flags(labeled: &[&Row], k: usize) -> Vec<(bool, bool)> {
+    labeled
         .iter()
         .map(|r| {
-            let t = r.label_id.expect("evaluated");
+            let t = r.label_id.expect("labeled");
+            if r.status != Status::Ok {
+                return (false, false);
+            }
             let right = r.pred_id == Some(t);
             let in_k = r
                 .topk_ids
@@ -323,7 +336,7 @@ fn mistake(
     // The source file is read and decoded once, for both card images.
     let source = match data_dir {
         None => Err("no data folder recorded".to_string()),
-        Some(d) => source_image(&d.join(&r.path)),
+        Some(d) => source_image(&d.join(crate::walk::path_from_string(&r.path))),
     };
     let (thumb_b64, thumb_note) = match source.as_ref().map_err(|e| e.clone()).and_then(thumbnail) {
         Ok(b) => (Some(b), None),
@@ -408,7 +421,7 @@ impl SplitMix64 {
     }
 }
 
-/// Percentile bootstrap (95%) of top-1 and top-k accuracy over the evaluated rows:
+/// Percentile bootstrap (95%) of top-1 and top-k accuracy over the labeled rows:
 /// `resamples` draws of n rows with replacement. None when there are no rows.
 pub(crate) fn bootstrap(
     flags: &[(bool, bool)],

@@ -126,7 +126,7 @@ fn load_folder(
     pre: &Preprocessor,
     split: &str,
 ) -> Result<(Vec<String>, Loaded)> {
-    let ds = walk::walk(dir)?;
+    let ds = walk::walk(dir, false)?;
     if !ds.empty_classes.is_empty() {
         return Err(terr(format!(
             "{}: class folder(s) with no image: {} (remove them or add images; every class \

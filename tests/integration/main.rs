@@ -5,6 +5,7 @@ mod attention;
 mod compare;
 mod export;
 mod honest;
+mod parquet_readers;
 mod preprocess;
 mod reference_vit;
 mod reliability;

@@ -178,8 +178,8 @@ fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, Option<&'static str>>) {
 fn every_bad_file_is_an_error_row_and_every_good_one_scores() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let (root, expected) = corpus(t.path());
+    let lm = digit_label_map(t.path(), &root);
     let out = t.path().join("run");
     let o = run(&[
         "score",
@@ -354,7 +354,6 @@ fn bad_models_fail_fast_before_reading_images() {
 fn non_finite_logits_are_flagged_per_row() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let path = model.join("model.onnx");
     let mut m = onnx::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
     let g = m.graph.as_mut().unwrap();
@@ -372,6 +371,7 @@ fn non_finite_logits_are_flagged_per_row() {
     );
     write(&path, &m.encode_to_vec());
     let data = crate::score::small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("o");
     let o = run(&[
         "score",
@@ -403,8 +403,8 @@ fn non_finite_logits_are_flagged_per_row() {
 fn kill_9_then_resume_equals_an_uninterrupted_run() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let root = digits_twice(t.path());
+    let lm = digit_label_map(t.path(), &root);
     let args = |out: &Path| -> Vec<String> {
         [
             "score",
@@ -515,8 +515,8 @@ fn sh_quote(p: &Path) -> String {
 fn a_read_only_output_folder_is_a_clear_error_before_any_image_is_read() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = util::fixtures().join("digits/test");
+    let lm = digit_label_map(t.path(), &data);
     let ro = t.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
     let score = |out: &str, log: &str| {
@@ -560,8 +560,8 @@ fn a_read_only_output_folder_is_a_clear_error_before_any_image_is_read() {
 fn a_full_disk_fails_cleanly_and_resume_finishes_after_space_is_freed() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = util::fixtures().join("digits/train");
+    let lm = digit_label_map(t.path(), &data);
     let score = |out: &Path, extra: &str| {
         format!(
             "timeout -s KILL 120 \"$VIT\" score {} --model {} --label-map {} --quiet --no-report --batch-size 16 --checkpoint-rows 100 --out {} {extra}",
@@ -637,7 +637,6 @@ fn an_unreadable_file_is_an_error_row() {
     // Others must reach the files: root runs the binary as `nobody` below.
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = t.path().join("data");
     let src = util::fixtures().join("digits/test/4");
     let mut files: Vec<_> = std::fs::read_dir(&src)
@@ -654,6 +653,7 @@ fn an_unreadable_file_is_an_error_row() {
     let locked = data.join("4/locked.png");
     write(&locked, &std::fs::read(&files[0]).unwrap());
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let lm = digit_label_map(t.path(), &data);
     let out_parent = t.path().join("outs");
     std::fs::create_dir_all(&out_parent).unwrap();
     std::fs::set_permissions(&out_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -807,8 +807,8 @@ fn a_second_writer_into_a_running_folder_is_refused_naming_the_pid() {
     let t = tempdir();
     let model = micro_model(t.path());
     let other = other_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = digits_twice(t.path());
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("run");
     let mut a = spawn_until_a_part(&slow_score_args(&data, &model, &out, &lm), &out);
     assert!(
@@ -858,8 +858,8 @@ fn resume_refuses_a_part_another_model_committed() {
     let t = tempdir();
     let model = micro_model(t.path());
     let other = other_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = digits_twice(t.path());
+    let lm = digit_label_map(t.path(), &data);
     // Two unfinished runs of the same dataset and options, one per model.
     let mine = t.path().join("mine");
     let theirs = t.path().join("theirs");
@@ -924,8 +924,8 @@ fn score_pipeline(dir: &Path, data: &Path, model: &Path, out: &Path, lm: &Path) 
 fn overwrite_refuses_a_folder_holding_files_vit_batch_did_not_write() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = crate::score::small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let (d, m, l) = (
         data.to_str().unwrap(),
         model.to_str().unwrap(),
@@ -968,8 +968,8 @@ fn overwrite_refuses_a_folder_holding_files_vit_batch_did_not_write() {
 fn out_dir_equal_to_inside_or_around_data_dir_is_refused_and_nothing_is_deleted() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = crate::score::small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     // Class folders that share names with a run folder's own.
     let img = std::fs::read(
         util::fixtures()
@@ -1026,8 +1026,8 @@ fn out_dir_equal_to_inside_or_around_data_dir_is_refused_and_nothing_is_deleted(
 fn merge_into_one_of_its_shards_is_refused_and_the_shard_is_intact() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = crate::score::small_dataset(t.path(), 2, 3);
+    let lm = digit_label_map(t.path(), &data);
     let shards: Vec<PathBuf> = (0..2)
         .map(|k| {
             let out = t.path().join(format!("s{k}"));
@@ -1068,8 +1068,8 @@ fn merge_into_one_of_its_shards_is_refused_and_the_shard_is_intact() {
 fn gate_files_inside_a_compared_run_are_refused_and_the_runs_are_intact() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = crate::score::small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let (base, cand) = (t.path().join("base"), t.path().join("cand"));
     for out in [&base, &cand] {
         let a = score_args(
@@ -1133,8 +1133,8 @@ fn gate_files_inside_a_compared_run_are_refused_and_the_runs_are_intact() {
 fn a_symlinked_charts_folder_is_refused_and_its_target_untouched() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = crate::score::small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("run");
     let (d, m, l) = (
         data.to_str().unwrap(),

@@ -27,10 +27,15 @@ pub fn micro_model(dir: &Path) -> PathBuf {
     m
 }
 
-/// `folder,label` map from digit folders to the preset's LABEL_i names.
-pub fn digit_label_map(dir: &Path) -> PathBuf {
+/// `folder,label` map from the digit folders of `data` to the preset's LABEL_i names
+/// (a label map may only name folders the dataset has).
+pub fn digit_label_map(dir: &Path, data: &Path) -> PathBuf {
     let p = dir.join("labels.csv");
-    let body: String = (0..10).map(|i| format!("{i},LABEL_{i}\n")).collect();
+    let body: String = (0..10)
+        .filter(|i| data.join(i.to_string()).is_dir())
+        .map(|i| format!("{i},LABEL_{i}\n"))
+        .collect();
+    assert!(!body.is_empty(), "no digit folder in {}", data.display());
     std::fs::write(&p, format!("folder,label\n{body}")).unwrap();
     p
 }
@@ -114,8 +119,8 @@ fn independent_logits(model: &Path, files: &[PathBuf]) -> Vec<Vec<f32>> {
 fn rows_and_metrics_match_an_independent_computation() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = small_dataset(t.path(), 4, 6);
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("run");
     let o = run(&score_args(
         data.to_str().unwrap(),
@@ -193,8 +198,8 @@ fn rows_and_metrics_match_an_independent_computation() {
 fn rows_do_not_depend_on_threads_or_batch_size() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = small_dataset(t.path(), 10, 4);
+    let lm = digit_label_map(t.path(), &data);
     let mut runs = vec![];
     for (threads, batch) in [("1", "1"), ("2", "7"), ("2", "64")] {
         let out = t.path().join(format!("run-{threads}-{batch}"));
@@ -347,8 +352,8 @@ fn bad_model_and_flags_fail_fast_with_exit_2() {
 fn an_existing_run_is_never_overwritten_silently() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("run");
     let args = score_args(
         data.to_str().unwrap(),
@@ -374,8 +379,8 @@ fn an_existing_run_is_never_overwritten_silently() {
 fn cuda_on_a_cpu_library_is_a_clear_error_not_a_silent_cpu_run() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = small_dataset(t.path(), 2, 2);
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("run");
     let mut args = score_args(
         data.to_str().unwrap(),
@@ -402,8 +407,8 @@ fn cuda_on_a_cpu_library_is_a_clear_error_not_a_silent_cpu_run() {
 fn progress_is_plain_lines_off_a_terminal_and_nothing_with_quiet() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = small_dataset(t.path(), 3, 4);
+    let lm = digit_label_map(t.path(), &data);
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     let loud: Vec<&str> = score_args(
         data.to_str().unwrap(),

@@ -18,8 +18,8 @@ fn metrics(dir: &std::path::Path) -> serde_json::Value {
 fn four_shards_merged_equal_a_single_run() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = util::fixtures().join("digits/test");
+    let lm = digit_label_map(t.path(), &data);
     let single = t.path().join("single");
     let base = [
         "--model",
@@ -176,8 +176,8 @@ fn four_shards_merged_equal_a_single_run() {
 fn scheduler_variables_pick_the_shard() {
     let t = tempdir();
     let model = micro_model(t.path());
-    let lm = digit_label_map(t.path());
     let data = util::fixtures().join("digits/test");
+    let lm = digit_label_map(t.path(), &data);
     let out = t.path().join("s");
     let o = Command::new(env!("CARGO_BIN_EXE_vit-batch"))
         .env("ORT_DYLIB_PATH", util::ort_lib())

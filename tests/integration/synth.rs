@@ -213,6 +213,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             preprocess_source: "preprocessor_config.json".into(),
             dataset_fingerprint: "synthetic".into(),
             shard: None,
+            subset: None,
             label_mapping: LabelMapping {
                 model_labels: spec.classes.clone(),
                 class_to_id,
