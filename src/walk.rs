@@ -532,6 +532,7 @@ mod tests {
             "{:?}",
             ds.warnings
         );
+        assert_eq!(ds.classes, vec!["a", "b"]);
         let ds = walk(&r, true).unwrap();
         let rels: Vec<_> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
         assert_eq!(

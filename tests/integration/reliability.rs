@@ -1177,3 +1177,101 @@ fn a_symlinked_charts_folder_is_refused_and_its_target_untouched() {
         .file_type()
         .is_symlink());
 }
+
+/// Links leaving DATA_DIR (a class folder linked to /proc, an image linked from
+/// elsewhere) are not followed by default; names that escape alike stay two paths;
+/// control characters in names never reach the terminal raw.
+#[test]
+fn links_out_of_the_dataset_names_and_control_characters() {
+    let t = tempdir();
+    let model = micro_model(t.path());
+    let data = t.path().join("data");
+    let digit = |c: u32, i: usize| {
+        let dir = util::fixtures().join(format!("digits/test/{c}"));
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::read(&files[i]).unwrap()
+    };
+    write(&data.join("0/a.png"), &digit(0, 0));
+    // Sibling names that a naive \xNN escape would merge: a raw 0xFF byte and the
+    // four characters `\xFF`.
+    write(
+        &data
+            .join("0")
+            .join(std::ffi::OsStr::from_bytes(b"x\xFF.png")),
+        &digit(0, 1),
+    );
+    write(&data.join("0/x\\xFF.png"), &digit(0, 2));
+    let elsewhere = t.path().join("elsewhere");
+    write(&elsewhere.join("1.png"), &digit(1, 0));
+    std::fs::create_dir_all(data.join("1")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("1.png"), data.join("1/linked.png")).unwrap();
+    std::os::unix::fs::symlink("/proc", data.join("2")).unwrap();
+    // An (empty) class folder whose name would clear the line and rewrite it.
+    std::fs::create_dir_all(data.join("e\u{1b}[2K\rPASS")).unwrap();
+    let lm = digit_label_map(t.path(), &data);
+    let out = t.path().join("run");
+    let (d, m, l) = (
+        data.to_str().unwrap(),
+        model.to_str().unwrap(),
+        lm.to_str().unwrap(),
+    );
+    let loud = |o: &str, extra: &[&str]| {
+        let mut a: Vec<&str> = score_args(d, m, o, l)
+            .into_iter()
+            .filter(|x| *x != "--quiet")
+            .collect();
+        a.extend(extra);
+        let o = run(&a);
+        assert_no_panic(&o);
+        o
+    };
+    let started = Instant::now();
+    let o = loud(out.to_str().unwrap(), &["--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "did not walk /proc"
+    );
+    let e = stderr(&o);
+    assert!(
+        !e.contains('\u{1b}') && !e.contains('\r'),
+        "raw control characters: {e:?}"
+    );
+    assert!(e.contains("e\\u{1b}[2K\\rPASS"), "{e}");
+    let rows = read_parquet(&out.join("predictions.parquet")).unwrap();
+    let paths: Vec<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["0/a.png", "0/x\\\\xFF.png", "0/x\\xFF.png", "1/linked.png"]
+    );
+    assert_eq!(rows.iter().filter(|r| r.status == Status::Ok).count(), 3);
+    let linked = &rows[3];
+    assert!(
+        linked
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("outside the dataset folder"),
+        "{linked:?}"
+    );
+    let mj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let warnings = mj["run"]["warnings"].to_string();
+    assert!(warnings.contains("2 -> /proc"), "{warnings}");
+    // The run is complete: --resume has nothing left to score.
+    let o = loud(out.to_str().unwrap(), &["--resume", "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already complete"), "{}", stderr(&o));
+    // --follow-links follows the image link (never /proc here: remove it first).
+    std::fs::remove_file(data.join("2")).unwrap();
+    digit_label_map(t.path(), &data);
+    let out2 = t.path().join("run2");
+    let o = loud(out2.to_str().unwrap(), &["--follow-links", "--no-report"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = read_parquet(&out2.join("predictions.parquet")).unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
+}
