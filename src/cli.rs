@@ -38,9 +38,11 @@ struct Cli {
     cmd: Cmd,
 }
 
+// One command is parsed per process: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
-    /// Score a labeled image folder (DATA_DIR/<class>/<image>) with an ONNX ViT.
+    /// Score a labeled image folder (DATA_DIR/<class>/<image>) or manifest with an ONNX ViT.
     Score(ScoreCmd),
     /// Build a ViT ONNX model folder from a checkpoint or a preset.
     Export(ExportCmd),

@@ -31,6 +31,9 @@
 //!      the candidate is significantly worse: c < b and p < alpha.
 //!   4. `throughput` (off unless `max_throughput_drop_pct` is set): drop of
 //!      `throughput.images_per_s` in percent of the baseline's.
+//!   5. `labels`: both runs map the class folders onto the same model labels.
+//!   6. `slices`: per value of a sliced column (support ≥ `min_class_support`), the
+//!      top-1 drop within `max_slice_drop_pp` and McNemar (as gate 3) not significant.
 //! - Overall verdict: fail when any gate fails (a skipped gate never fails).
 
 use std::collections::BTreeMap;
@@ -183,6 +186,34 @@ pub struct ClassDelta {
     pub regressed: bool,
 }
 
+/// Top-1 of one slice (one value of a sliced manifest column) in both runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceDelta {
+    /// The column.
+    pub column: String,
+    /// Its value ("" for null).
+    pub value: String,
+    /// Compared images in the slice.
+    pub support: u64,
+    /// Top-1 in the baseline (0..=1).
+    pub baseline_top1: f64,
+    /// Top-1 in the candidate (0..=1).
+    pub candidate_top1: f64,
+    /// baseline − candidate, in percentage points (positive = worse).
+    pub drop_pp: f64,
+    /// Right in the baseline only.
+    pub b: u64,
+    /// Right in the candidate only.
+    pub c: u64,
+    /// McNemar's exact p on (b, c).
+    pub p_value: f64,
+    /// support >= min_class_support.
+    pub gated: bool,
+    /// gated, and the drop is above the allowance or McNemar finds the candidate
+    /// significantly worse on the slice.
+    pub regressed: bool,
+}
+
 /// An image whose correctness changed between the runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
@@ -213,7 +244,7 @@ pub struct CompareReport {
     /// Fail when any gate failed.
     pub verdict: Verdict,
     /// Every gate, in a fixed order (accuracy, class_recall, mcnemar, throughput,
-    /// labels).
+    /// labels, slices).
     pub gates: Vec<Gate>,
     /// The options compared with.
     pub options: CompareOptions,
@@ -229,6 +260,9 @@ pub struct CompareReport {
     pub mcnemar: McNemar,
     /// Recall per class (sorted by class).
     pub per_class: Vec<ClassDelta>,
+    /// Top-1 per slice (sorted by column, then value); empty when not sliced.
+    #[serde(default)]
+    pub slices: Vec<SliceDelta>,
     /// Right in the baseline, wrong in the candidate (sorted by path).
     pub regressions: Vec<Flip>,
     /// Wrong in the baseline, right in the candidate (sorted by path).
@@ -550,6 +584,20 @@ pub(crate) fn compare_runs(
         alpha: opts.alpha,
         test: MCNEMAR_VARIANT.into(),
     };
+    let slice_columns: Vec<String> = if opts.slice_by.is_empty() {
+        let mut c: Vec<String> = base
+            .metrics
+            .metrics
+            .slices
+            .iter()
+            .map(|s| s.column.clone())
+            .collect();
+        c.dedup();
+        c
+    } else {
+        opts.slice_by.clone()
+    };
+    let slices = slice_deltas(&aligned, &slice_columns, opts)?;
     let gates = vec![
         accuracy_gate(&accuracy, opts),
         class_recall_gate(&per_class, opts),
@@ -560,6 +608,7 @@ pub(crate) fn compare_runs(
             opts.max_throughput_drop_pct,
         ),
         labels,
+        slices_gate(&slices, &slice_columns, opts),
     ];
     let verdict = if gates.iter().any(|g| g.verdict == Verdict::Fail) {
         Verdict::Fail
@@ -576,6 +625,7 @@ pub(crate) fn compare_runs(
         accuracy,
         mcnemar,
         per_class,
+        slices,
         regressions: tally.regressions,
         fixes: tally.fixes,
         metadata: metadata(base, cand),
@@ -804,6 +854,123 @@ fn class_deltas(classes: &BTreeMap<String, ClassTally>, opts: &CompareOptions) -
             }
         })
         .collect()
+}
+
+/// Top-1 of both runs per value of each of `columns` (a carried column of the
+/// baseline's rows), over the compared pairs, with McNemar's test per slice.
+fn slice_deltas(a: &Aligned, columns: &[String], opts: &CompareOptions) -> Result<Vec<SliceDelta>> {
+    // (support, baseline right, candidate right, b, c) of one slice.
+    type Counts = (u64, u64, u64, u64, u64);
+    let mut t: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for col in columns {
+        let mut found = false;
+        for &(b, c) in &a.pairs {
+            if b.label_id.is_none() && c.label_id.is_none() {
+                continue;
+            }
+            let Some((_, v)) = b.extra.iter().find(|(n, _)| n == col) else {
+                continue;
+            };
+            found = true;
+            let e = t.entry((col.clone(), v.display())).or_default();
+            let (rb, rc) = (right(b), right(c));
+            e.0 += 1;
+            e.1 += rb as u64;
+            e.2 += rc as u64;
+            e.3 += (rb && !rc) as u64;
+            e.4 += (!rb && rc) as u64;
+        }
+        if !found {
+            return Err(Error::Compare {
+                what: format!("the baseline's predictions have no column '{col}' to slice by"),
+            });
+        }
+    }
+    Ok(t.into_iter()
+        .map(|((column, value), (n, rb, rc, b, c))| {
+            let (bt, ct) = (rb as f64 / n as f64, rc as f64 / n as f64);
+            let drop_pp = 100.0 * (bt - ct);
+            let p_value = mcnemar_exact_p(b, c);
+            let gated = n >= opts.min_class_support;
+            SliceDelta {
+                column,
+                value,
+                support: n,
+                baseline_top1: bt,
+                candidate_top1: ct,
+                drop_pp,
+                b,
+                c,
+                p_value,
+                gated,
+                regressed: gated
+                    && (drop_pp > opts.max_slice_drop_pp + EPS || (c < b && p_value < opts.alpha)),
+            }
+        })
+        .collect())
+}
+
+/// Gate 6, `slices`: no slice may lose more top-1 than allowed, nor be significantly
+/// worse by McNemar's test (skipped when the runs are not sliced).
+fn slices_gate(slices: &[SliceDelta], columns: &[String], opts: &CompareOptions) -> Gate {
+    let gated: Vec<&SliceDelta> = slices.iter().filter(|s| s.gated).collect();
+    let regressed: Vec<&SliceDelta> = gated.iter().copied().filter(|s| s.regressed).collect();
+    let worst = gated
+        .iter()
+        .max_by(|a, b| a.drop_pp.total_cmp(&b.drop_pp).then(b.value.cmp(&a.value)));
+    let name = |s: &SliceDelta| format!("{}={}", s.column, s.value);
+    Gate {
+        name: "slices".into(),
+        verdict: if gated.is_empty() {
+            Verdict::Skipped
+        } else if regressed.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        threshold: format!(
+            "per-slice top-1 drop ≤ {:.2} pp and McNemar not significant (slices with ≥ {} images)",
+            opts.max_slice_drop_pp, opts.min_class_support
+        ),
+        observed: match worst {
+            Some(w) => format!(
+                "{} of {} slices gated; worst: {} {} → {} ({}, p = {})",
+                gated.len(),
+                slices.len(),
+                name(w),
+                pct(w.baseline_top1),
+                pct(w.candidate_top1),
+                signed_pp(-w.drop_pp),
+                fmt_p(w.p_value)
+            ),
+            None if columns.is_empty() => "the runs are not sliced".into(),
+            None => format!("no slice has {} or more images", opts.min_class_support),
+        },
+        message: if columns.is_empty() {
+            "skipped: no slice_by column (score with slice_by, or pass slice_by here)".into()
+        } else if gated.is_empty() {
+            format!(
+                "skipped: no slice has at least {} compared images",
+                opts.min_class_support
+            )
+        } else if regressed.is_empty() {
+            "no gated slice lost more top-1 than allowed".into()
+        } else {
+            format!(
+                "top-1 regressed on {}",
+                regressed
+                    .iter()
+                    .map(|s| format!(
+                        "{} ({:.2} pp, p = {})",
+                        name(s),
+                        s.drop_pp,
+                        fmt_p(s.p_value)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    }
 }
 
 /// Gate 1, `accuracy`: the top-1 accuracy drop.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod fs;
 pub mod infer;
+pub(crate) mod manifest;
 pub mod merge;
 pub mod metrics;
 pub mod model;

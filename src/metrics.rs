@@ -150,6 +150,41 @@ pub struct Metrics {
     pub confusion: Confusion,
     /// Calibration.
     pub calibration: Calibration,
+    /// The same figures per value of each `slice_by` column, by column then value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<SliceStats>,
+}
+
+/// The metrics of the rows sharing one value of a sliced column.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SliceStats {
+    /// The column sliced on.
+    pub column: String,
+    /// Its value ("" for null).
+    pub value: String,
+    /// Images with this value.
+    pub images: u64,
+    /// Of them, labeled (the denominator of `top1`).
+    pub labeled: u64,
+    /// Of them, labeled and scored.
+    pub evaluated: u64,
+    /// Top-1 accuracy, the run's definition (failed images count as wrong).
+    pub top1: f64,
+    /// Top-1 of the scored images only.
+    pub top1_scored: f64,
+    /// Recall per class name over the slice's evaluated images.
+    pub recall: std::collections::BTreeMap<String, f64>,
+}
+
+/// Counts of one slice while the rows stream by.
+#[derive(Debug, Clone, Default)]
+struct SliceAcc {
+    images: u64,
+    labeled: u64,
+    evaluated: u64,
+    right: u64,
+    /// class id -> (evaluated, right)
+    classes: std::collections::BTreeMap<usize, (u64, u64)>,
 }
 
 impl Metrics {
@@ -203,6 +238,8 @@ pub fn compute(rows: &[Row], labels: &[String], k: usize, skipped: u64) -> Metri
 #[derive(Debug, Clone)]
 pub struct Accumulator {
     k: usize,
+    slice_by: Vec<String>,
+    slices: std::collections::BTreeMap<(String, String), SliceAcc>,
     counts: Counts,
     cells: std::collections::BTreeMap<(usize, usize), u64>,
     top1: u64,
@@ -214,6 +251,8 @@ impl Accumulator {
     pub(crate) fn new(k: usize, skipped: u64) -> Self {
         Accumulator {
             k,
+            slice_by: vec![],
+            slices: Default::default(),
             counts: Counts {
                 skipped,
                 ..Default::default()
@@ -225,7 +264,39 @@ impl Accumulator {
         }
     }
 
+    /// Also compute the metrics per value of these carried columns.
+    pub(crate) fn with_slices(mut self, slice_by: &[String]) -> Self {
+        self.slice_by = slice_by.to_vec();
+        self
+    }
+
+    fn add_to_slices(&mut self, r: &Row) {
+        for col in &self.slice_by {
+            let value = r
+                .extra
+                .iter()
+                .find(|(n, _)| n == col)
+                .map(|(_, v)| v.display())
+                .unwrap_or_default();
+            let s = self.slices.entry((col.clone(), value)).or_default();
+            s.images += 1;
+            let Some(t) = r.label_id else { continue };
+            s.labeled += 1;
+            if let (Status::Ok, Some(p)) = (r.status, r.pred_id) {
+                s.evaluated += 1;
+                let right = t == p;
+                s.right += right as u64;
+                let e = s.classes.entry(t as usize).or_default();
+                e.0 += 1;
+                e.1 += right as u64;
+            }
+        }
+    }
+
     pub(crate) fn add(&mut self, r: &Row) {
+        if !self.slice_by.is_empty() {
+            self.add_to_slices(r);
+        }
         let c = &mut self.counts;
         c.images += 1;
         match r.status {
@@ -326,7 +397,26 @@ impl Accumulator {
             .map(|b| ratio(b.count, total) * (b.accuracy - b.confidence).abs())
             .sum();
         let labeled = self.counts.labeled;
+        let slices = self
+            .slices
+            .iter()
+            .map(|((column, value), a)| SliceStats {
+                column: column.clone(),
+                value: value.clone(),
+                images: a.images,
+                labeled: a.labeled,
+                evaluated: a.evaluated,
+                top1: ratio(a.right, a.labeled),
+                top1_scored: ratio(a.right, a.evaluated),
+                recall: a
+                    .classes
+                    .iter()
+                    .map(|(&id, &(n, r))| (name(id), ratio(r, n)))
+                    .collect(),
+            })
+            .collect();
         Metrics {
+            slices,
             counts: self.counts,
             top1: ratio(self.top1, labeled),
             topk: ratio(self.topk, labeled),
@@ -384,6 +474,7 @@ mod tests {
             error: None,
             warning: None,
             attn_rollout: None,
+            extra: vec![],
         }
     }
 

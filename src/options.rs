@@ -52,6 +52,8 @@ pub const DEFAULT_VAL_SPLIT: f64 = 0.1;
 pub const DEFAULT_MAX_ACCURACY_DROP_PP: f64 = 0.5;
 /// Largest allowed per-class recall drop, in percentage points.
 pub const DEFAULT_MAX_CLASS_RECALL_DROP_PP: f64 = 5.0;
+/// Default `max_slice_drop_pp` of `compare`.
+pub const DEFAULT_MAX_SLICE_DROP_PP: f64 = 5.0;
 /// Classes with fewer compared images are not gated on recall.
 pub const DEFAULT_MIN_CLASS_SUPPORT: u64 = 20;
 /// Significance level of McNemar's exact test.
@@ -67,6 +69,12 @@ mod defaults {
     }
     pub fn checkpoint_rows() -> usize {
         super::DEFAULT_CHECKPOINT_ROWS
+    }
+    pub fn path_column() -> String {
+        "path".into()
+    }
+    pub fn label_column() -> String {
+        "label".into()
     }
     pub fn max_pixels() -> u64 {
         super::DEFAULT_MAX_PIXELS
@@ -103,6 +111,9 @@ mod defaults {
     }
     pub fn max_class_recall_drop() -> f64 {
         super::DEFAULT_MAX_CLASS_RECALL_DROP_PP
+    }
+    pub fn max_slice_drop() -> f64 {
+        super::DEFAULT_MAX_SLICE_DROP_PP
     }
     pub fn min_class_support() -> u64 {
         super::DEFAULT_MIN_CLASS_SUPPORT
@@ -187,6 +198,16 @@ fn de_shard<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Shard
         .transpose()
 }
 
+/// How `score` reads its dataset argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// A folder `DATA_DIR/<class>/.../<image>` (the class is the first-level folder).
+    Folder,
+    /// A CSV or Parquet file with a path and a label column per image.
+    Manifest,
+}
+
 /// Where `score` takes its preprocessing from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,7 +246,8 @@ impl Resample {
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreOptions {
-    /// ImageFolder dataset: DATA_DIR/<class>/.../<image>.
+    /// The dataset: a folder DATA_DIR/<class>/.../<image>, or a manifest (.csv or
+    /// .parquet with a path and a label column per image).
     pub data_dir: PathBuf,
     /// A .onnx file or a model folder (model.onnx, config.json, preprocessor_config.json).
     #[arg(long)]
@@ -233,6 +255,28 @@ pub struct ScoreOptions {
     /// Output run folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// How to read DATA_DIR (default: a folder is a folder, a .csv or .parquet file a
+    /// manifest).
+    #[arg(long = "format", value_enum)]
+    #[serde(default)]
+    pub format: Option<DatasetFormat>,
+    /// Manifest column holding each image's path.
+    #[arg(long, default_value = "path")]
+    #[serde(default = "defaults::path_column")]
+    pub path_column: String,
+    /// Manifest column holding each image's label (a class name or a model class id).
+    #[arg(long, default_value = "label")]
+    #[serde(default = "defaults::label_column")]
+    pub label_column: String,
+    /// Folder the manifest's relative paths are relative to (default: the manifest's
+    /// folder).
+    #[arg(long)]
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Also compute the metrics per value of these manifest columns (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "COLUMN[,COLUMN]")]
+    #[serde(default)]
+    pub slice_by: Vec<String>,
     /// Images per inference batch.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     #[serde(default = "defaults::batch_size")]
@@ -367,6 +411,11 @@ impl ScoreOptions {
             sample: None,
             seed: 0,
             follow_links: false,
+            format: None,
+            path_column: defaults::path_column(),
+            label_column: defaults::label_column(),
+            root: None,
+            slice_by: vec![],
             ort_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
             preprocess: PreprocessMode::Model,
@@ -393,6 +442,15 @@ impl ScoreOptions {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
+        })
+    }
+
+    /// How the dataset argument is read: the `format` option, else by what it is.
+    pub fn dataset_format(&self) -> DatasetFormat {
+        self.format.unwrap_or(if self.data_dir.is_file() {
+            DatasetFormat::Manifest
+        } else {
+            DatasetFormat::Folder
         })
     }
 
@@ -438,6 +496,24 @@ impl ScoreOptions {
             }
         }
         local_path("data_dir", &self.data_dir)?;
+        if let Some(r) = &self.root {
+            local_path("root", r)?;
+        }
+        if self.dataset_format() == DatasetFormat::Folder {
+            for (name, set) in [
+                ("root", self.root.is_some()),
+                ("slice_by", !self.slice_by.is_empty()),
+                ("path_column", self.path_column != defaults::path_column()),
+                (
+                    "label_column",
+                    self.label_column != defaults::label_column(),
+                ),
+            ] {
+                if set {
+                    return Err(invalid(name, "applies to a manifest dataset, not a folder"));
+                }
+            }
+        }
         local_path("out", &self.out)?;
         local_path("model", &self.model)?;
         if self.size == Some(0) {
@@ -651,6 +727,15 @@ pub struct CompareOptions {
     )]
     #[serde(default, alias = "max_throughput_drop")]
     pub max_throughput_drop_pct: Option<f64>,
+    /// Largest allowed top-1 drop within one slice (one value of a sliced manifest
+    /// column, e.g. one site), in percentage points.
+    #[arg(long = "max-slice-drop", value_name = "PP", default_value_t = DEFAULT_MAX_SLICE_DROP_PP)]
+    #[serde(default = "defaults::max_slice_drop", alias = "max_slice_drop")]
+    pub max_slice_drop_pp: f64,
+    /// Columns to gate per slice (default: the ones the baseline was sliced by).
+    #[arg(long, value_delimiter = ',', value_name = "COLUMN[,COLUMN]")]
+    #[serde(default)]
+    pub slice_by: Vec<String>,
     /// Compare only the images common to both runs (else differing image sets are an error).
     #[arg(long)]
     #[serde(default)]
@@ -695,6 +780,8 @@ impl CompareOptions {
             min_class_support: DEFAULT_MIN_CLASS_SUPPORT,
             alpha: DEFAULT_ALPHA,
             max_throughput_drop_pct: None,
+            max_slice_drop_pp: DEFAULT_MAX_SLICE_DROP_PP,
+            slice_by: vec![],
             allow_partial: false,
             min_coverage: None,
             allow_different_data: false,
@@ -715,6 +802,11 @@ impl CompareOptions {
         finite_nonneg(
             "max_class_recall_drop_pp",
             self.max_class_recall_drop_pp,
+            "percentage points",
+        )?;
+        finite_nonneg(
+            "max_slice_drop_pp",
+            self.max_slice_drop_pp,
             "percentage points",
         )?;
         if !(self.alpha > 0.0 && self.alpha < 1.0) {

@@ -62,6 +62,9 @@ struct PipelineFile {
 }
 
 /// One resolved stage, ready to run.
+// A pipeline holds at most five stages: the size difference of the variants costs
+// nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// `vit-batch train`.

@@ -63,6 +63,145 @@ pub struct Row {
     /// Attention rollout over the patch grid (row-major, `run.attention.grid` in
     /// `metrics.json`); only for models exported `--with-attentions`, else null.
     pub attn_rollout: Option<Vec<f32>>,
+    /// The dataset's own columns carried through (a manifest's other columns), by
+    /// name, in the source's column order; written after the documented columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<(String, Extra)>,
+}
+
+/// One value of a carried dataset column, typed as the source typed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Extra {
+    /// Missing.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// Text.
+    Str(String),
+}
+
+impl Extra {
+    /// The value as slice keys and reports show it ("" for null).
+    pub fn display(&self) -> String {
+        match self {
+            Extra::Null => String::new(),
+            Extra::Bool(b) => b.to_string(),
+            Extra::Int(i) => i.to_string(),
+            Extra::Float(f) => f.to_string(),
+            Extra::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// The carried columns of `rows` as polars columns (every row carries the same names;
+/// a column's type is that of its first non-null value).
+fn extra_columns(rows: &[Row]) -> Result<Vec<Column>> {
+    let Some(first) = rows.first() else {
+        return Ok(vec![]);
+    };
+    let mut cols = Vec::with_capacity(first.extra.len());
+    for (j, (name, _)) in first.extra.iter().enumerate() {
+        let vals: Vec<&Extra> = rows
+            .iter()
+            .map(|r| match r.extra.get(j) {
+                Some((n, v)) if n == name => Ok(v),
+                _ => Err(bad(format!(
+                    "row {} does not carry column '{name}'",
+                    r.path
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        let kind = vals.iter().find(|v| !matches!(v, Extra::Null));
+        let col = match kind {
+            Some(Extra::Bool(_)) => Column::new(
+                name.into(),
+                vals.iter()
+                    .map(|v| match v {
+                        Extra::Bool(b) => Some(*b),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Some(Extra::Int(_)) => Column::new(
+                name.into(),
+                vals.iter()
+                    .map(|v| match v {
+                        Extra::Int(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Some(Extra::Float(_)) => Column::new(
+                name.into(),
+                vals.iter()
+                    .map(|v| match v {
+                        Extra::Float(f) => Some(*f),
+                        Extra::Int(i) => Some(*i as f64),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            _ => Column::new(
+                name.into(),
+                vals.iter()
+                    .map(|v| match v {
+                        Extra::Null => None,
+                        other => Some(other.display()),
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        cols.push(col);
+    }
+    Ok(cols)
+}
+
+/// The carried columns of a predictions table back as row values.
+fn extra_values(df: &DataFrame) -> Result<Vec<Vec<(String, Extra)>>> {
+    let mut out = vec![Vec::new(); df.height()];
+    for c in df.columns() {
+        let name = c.name().as_str();
+        if COLUMNS.contains(&name) {
+            continue;
+        }
+        let s = c.as_materialized_series();
+        let vals: Vec<Extra> = match s.dtype() {
+            DataType::Boolean => s
+                .bool()?
+                .iter()
+                .map(|v| v.map_or(Extra::Null, Extra::Bool))
+                .collect(),
+            DataType::Int64 => s
+                .i64()?
+                .iter()
+                .map(|v| v.map_or(Extra::Null, Extra::Int))
+                .collect(),
+            DataType::Float64 => s
+                .f64()?
+                .iter()
+                .map(|v| v.map_or(Extra::Null, Extra::Float))
+                .collect(),
+            DataType::String => s
+                .str()?
+                .iter()
+                .map(|v| v.map_or(Extra::Null, |x| Extra::Str(x.to_string())))
+                .collect(),
+            other => {
+                return Err(bad(format!(
+                    "carried column '{name}' has type {other}, not bool, int64, float64 or string"
+                )))
+            }
+        };
+        for (row, v) in out.iter_mut().zip(vals) {
+            row.push((name.to_string(), v));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) const COLUMNS: &[&str] = &[
@@ -160,6 +299,16 @@ pub(crate) fn to_frame(rows: &[Row]) -> Result<DataFrame> {
             .cast(&DataType::List(Box::new(DataType::Float32)))?
             .into(),
     ];
+    let mut cols = cols;
+    for c in extra_columns(rows)? {
+        if COLUMNS.contains(&c.name().as_str()) {
+            return Err(bad(format!(
+                "carried column '{}' has the name of a predictions column",
+                c.name()
+            )));
+        }
+        cols.push(c);
+    }
     Ok(DataFrame::new(rows.len(), cols)?)
 }
 
@@ -230,6 +379,7 @@ pub(crate) fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
     let status = strs("status")?;
     let error = strs("error")?;
     let warning = strs("warning")?;
+    let mut extra = extra_values(df)?.into_iter();
     let mut rows = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         rows.push(Row {
@@ -250,6 +400,7 @@ pub(crate) fn from_frame(df: &DataFrame) -> Result<Vec<Row>> {
             error: error[i].clone(),
             warning: warning[i].clone(),
             attn_rollout: rollout[i].clone(),
+            extra: extra.next().unwrap_or_default(),
         });
     }
     Ok(rows)
@@ -475,12 +626,24 @@ pub(crate) fn write_streamed(
     batches: impl Iterator<Item = Result<Vec<Row>>>,
 ) -> Result<()> {
     crate::fs::atomic_write(dest, |f| {
-        let schema = to_frame(&[])?.schema().as_ref().clone();
+        // The schema is that of the first batch (it has the carried columns, if any).
+        let mut batches = batches.peekable();
+        let first = match batches.peek() {
+            Some(Ok(b)) => to_frame(&b[..b.len().min(1)])?,
+            _ => to_frame(&[])?,
+        };
+        let schema = first.schema().as_ref().clone();
         let mut w = writer(f, &schema, None).batched(&schema)?;
         for b in batches {
             let b = b?;
             if !b.is_empty() {
-                w.write_batch(&to_frame(&b)?)?;
+                let df = to_frame(&b)?;
+                if df.schema().as_ref() != &schema {
+                    return Err(bad(
+                        "batches of one predictions file carry different columns".into(),
+                    ));
+                }
+                w.write_batch(&df)?;
             }
         }
         w.finish()?;
@@ -511,6 +674,7 @@ mod tests {
             error: (!ok).then(|| "truncated \"file\" <b>".to_string()),
             warning: None,
             attn_rollout: None,
+            extra: vec![],
         }
     }
 

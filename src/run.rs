@@ -87,6 +87,9 @@ pub struct RunIdentity {
     /// The `sample` option and its seed, when set.
     #[serde(default)]
     pub sample: Option<(usize, u64)>,
+    /// The carried columns the metrics are sliced by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slice_by: Vec<String>,
     /// The shard this run scores, when sharded.
     pub shard: Option<Shard>,
     /// Predictions kept per image.
@@ -144,6 +147,12 @@ impl RunIdentity {
                 "sample ({} vs {})",
                 show(self.sample),
                 show(other.sample)
+            ));
+        }
+        if self.slice_by != other.slice_by {
+            d.push(format!(
+                "slice_by ({:?} vs {:?})",
+                self.slice_by, other.slice_by
             ));
         }
         if self.top_k != other.top_k {
@@ -269,6 +278,9 @@ pub struct RunInfo {
     pub dataset_fingerprint: String,
     /// The shard, when sharded.
     pub shard: Option<Shard>,
+    /// How the dataset was read: "folder" or "manifest".
+    #[serde(default = "folder")]
+    pub dataset_format: String,
     /// Which part of the dataset was scored when not all of it (`sample`, `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
@@ -279,6 +291,10 @@ pub struct RunInfo {
     /// How `attn_rollout` maps onto the image, for a model with attention outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<crate::attention::AttentionInfo>,
+}
+
+fn folder() -> String {
+    "folder".into()
 }
 
 /// `metrics.json`.
@@ -748,7 +764,8 @@ pub(crate) fn write_outputs(
     throughput: Throughput,
     run: RunInfo,
 ) -> Result<MetricsFile> {
-    let mut acc = metrics::Accumulator::new(identity.top_k, skipped);
+    let mut acc =
+        metrics::Accumulator::new(identity.top_k, skipped).with_slices(&identity.slice_by);
     let mut last: Option<String> = None;
     let acc_ref = &mut acc;
     let last_ref = &mut last;

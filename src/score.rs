@@ -84,7 +84,39 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             ),
         });
     }
-    let mut dataset = walk::walk(&opts.data_dir, opts.follow_links)?;
+    let mut dataset = match opts.dataset_format() {
+        crate::options::DatasetFormat::Folder => walk::walk(&opts.data_dir, opts.follow_links)?,
+        crate::options::DatasetFormat::Manifest => {
+            let mut ds = crate::manifest::read(
+                &opts.data_dir,
+                &crate::manifest::ManifestSpec {
+                    path_column: &opts.path_column,
+                    label_column: &opts.label_column,
+                    root: opts.root.as_deref(),
+                },
+            )?;
+            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
+            ds
+        }
+    };
+    if let Some(first) = dataset.entries.first() {
+        let carried: Vec<&str> = first.extra.iter().map(|(n, _)| n.as_str()).collect();
+        for c in &opts.slice_by {
+            if !carried.contains(&c.as_str()) {
+                return Err(Error::InvalidOption {
+                    option: "slice_by",
+                    what: format!(
+                        "'{c}' is not a column of the manifest (its other columns: {})",
+                        if carried.is_empty() {
+                            "none".to_string()
+                        } else {
+                            carried.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+    }
     let fingerprint = dataset.fingerprint();
     let dataset_images = dataset.entries.len();
     if let Some(n) = opts.limit {
@@ -125,6 +157,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         dataset_images,
         limit: opts.limit,
         sample: opts.sample.map(|n| (n, opts.seed)),
+        slice_by: opts.slice_by.clone(),
         shard: opts.shard,
         top_k: opts.top_k,
         model_labels: labels,
@@ -378,6 +411,7 @@ fn rows_for_batch(
                 error: None,
                 warning: None,
                 attn_rollout: None,
+                extra: e.extra.clone(),
             };
             match item {
                 Err(msg) => Row {
@@ -747,6 +781,7 @@ fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo
         preprocess: p.identity.preprocess.clone(),
         preprocess_source: p.identity.preprocess_source.clone(),
         dataset_fingerprint: p.identity.dataset_fingerprint.clone(),
+        dataset_format: p.dataset.source.to_string(),
         shard: opts.shard,
         subset: subset(opts, p),
         label_mapping: p.mapping.clone(),

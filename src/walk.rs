@@ -20,7 +20,7 @@ pub(crate) const IMAGE_EXTENSIONS: &[&str] =
     &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 /// One image file to score.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
     /// Path relative to the dataset root, as recorded in outputs (see [`path_to_string`]).
     pub rel: String,
@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     /// A problem found while walking (e.g. a dangling symlink): the entry becomes an
     /// error row without being read.
     pub problem: Option<String>,
+    /// The source's own columns for this image (a manifest's other columns).
+    pub extra: Vec<(String, crate::record::Extra)>,
 }
 
 /// What the walk found.
@@ -50,6 +52,8 @@ pub(crate) struct Dataset {
     pub warnings: Vec<String>,
     /// Symbolic links leading outside the root that were not followed.
     pub links_not_followed: u64,
+    /// Where the list came from: "folder" (this walk) or "manifest".
+    pub source: &'static str,
 }
 
 /// Record a path losslessly and unambiguously as UTF-8: valid UTF-8 is kept as is
@@ -130,6 +134,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
         });
     }
     let mut ds = Dataset {
+        source: "folder",
         ..Default::default()
     };
     let real_root = std::fs::canonicalize(root).map_err(|e| Error::Dataset {
@@ -187,6 +192,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
                     path: e.path().to_path_buf(),
                     size: e.metadata().map(|m| m.len()).unwrap_or(0),
                     problem,
+                    extra: vec![],
                 });
             }
             Err(err) => handle_walk_error(root, &mut ds, err),
@@ -208,6 +214,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
                     "symbolic link to {}, outside the dataset folder: not followed (pass the follow_links option to follow it)",
                     target.display()
                 )),
+                extra: vec![],
             });
         } else {
             if is_dir && rel.components().count() == 1 {
@@ -312,6 +319,7 @@ fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
             path,
             size: 0,
             problem: Some(what),
+            extra: vec![],
         });
     } else if dangling {
         ds.warnings
@@ -323,14 +331,26 @@ fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
 }
 
 impl Dataset {
-    /// SHA-256 over the sorted relative paths and sizes: two runs (or shards) saw the
-    /// same dataset iff their fingerprints are equal.
+    /// SHA-256 over the sorted relative paths and sizes (and, for a manifest, the labels
+    /// and carried values): two runs (or shards) saw the same dataset iff their
+    /// fingerprints are equal.
     pub(crate) fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         for e in &self.entries {
             h.update(e.rel.as_bytes());
             h.update([0]);
             h.update(e.size.to_le_bytes());
+            // A folder's labels and nothing else are in its paths; a manifest's are not.
+            if self.source == "manifest" {
+                h.update(e.class.as_bytes());
+                h.update([0]);
+                for (k, v) in &e.extra {
+                    h.update(k.as_bytes());
+                    h.update([0]);
+                    h.update(v.display().as_bytes());
+                    h.update([0]);
+                }
+            }
         }
         hex::encode(h.finalize())
     }

@@ -427,6 +427,7 @@ mod tests {
             error: None,
             warning: None,
             attn_rollout: None,
+            extra: vec![],
         }
     }
 
@@ -454,6 +455,7 @@ mod tests {
                 dataset_fingerprint: "test".into(),
                 shard: None,
                 subset: None,
+                dataset_format: "folder".into(),
                 label_mapping: crate::model::LabelMapping {
                     model_labels: labels.to_vec(),
                     matched_by: class_to_id

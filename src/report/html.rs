@@ -152,6 +152,7 @@ pub(crate) fn page(data: &ReportData, charts: &charts::Charts) -> String {
     summary_section(&mut s, data);
     confusion_section(&mut s, data, charts);
     per_class_section(&mut s, data, charts);
+    slices_section(&mut s, data);
     calibration_section(&mut s, data, charts);
     mistakes_section(&mut s, data);
     failures_section(&mut s, data);
@@ -372,6 +373,35 @@ fn per_class_section(s: &mut String, data: &ReportData, charts: &charts::Charts)
         );
     }
     s.push_str("</tfoot></table></div></section>\n");
+}
+
+/// Top-1 per value of each sliced column, lowest first, with its worst class.
+fn slices_section(s: &mut String, data: &ReportData) {
+    let m = data.metrics();
+    if m.slices.is_empty() {
+        return;
+    }
+    s.push_str("<section id=\"slices\"><h2>Slices</h2><div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>Column</th><th>Value</th><th class=\"n\">Images</th><th class=\"n\">Labeled</th><th class=\"n\">Top-1</th><th class=\"n\">Top-1 (scored)</th><th>Lowest recall</th></tr></thead><tbody>");
+    for sl in super::slice_order(&m.slices) {
+        let worst = sl
+            .recall
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)))
+            .map(|(c, r)| format!("{} {}", escape::html(c), pct(*r)))
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td>",
+            escape::html(&sl.column),
+            escape::html(&sl.value)
+        );
+        num_td(s, sl.images as f64, &thousands(sl.images));
+        num_td(s, sl.labeled as f64, &thousands(sl.labeled));
+        num_td(s, sl.top1, &pct(sl.top1));
+        num_td(s, sl.top1_scored, &pct(sl.top1_scored));
+        let _ = write!(s, "<td>{worst}</td></tr>");
+    }
+    s.push_str("</tbody></table></div></section>\n");
 }
 
 /// The confidence histogram, the reliability diagram and the calibration bins.

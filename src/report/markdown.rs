@@ -143,6 +143,23 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         }
         let _ = writeln!(s);
     }
+    if !m.slices.is_empty() {
+        let _ = writeln!(
+            s,
+            "**Slices** (top-1, lowest first):\n\n| Column | Value | Images | Top-1 |\n|---|---|---|---|"
+        );
+        for sl in super::slice_order(&m.slices) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                escape::markdown(&sl.column),
+                escape::markdown(&sl.value),
+                thousands(sl.images),
+                pct(sl.top1)
+            );
+        }
+        let _ = writeln!(s);
+    }
     if data.failures_total > 0 {
         let _ = writeln!(
             s,

@@ -606,6 +606,21 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::fs::atomic_write_bytes(path, bytes)
 }
 
+/// Slices in the order the reports list them: by column, then lowest top-1 first
+/// (ties by value).
+pub(crate) fn slice_order(
+    slices: &[crate::metrics::SliceStats],
+) -> Vec<&crate::metrics::SliceStats> {
+    let mut v: Vec<_> = slices.iter().collect();
+    v.sort_by(|a, b| {
+        a.column
+            .cmp(&b.column)
+            .then(a.top1.total_cmp(&b.top1))
+            .then(a.value.cmp(&b.value))
+    });
+    v
+}
+
 /// Percent with one decimal.
 pub(crate) fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)

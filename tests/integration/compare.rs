@@ -297,12 +297,13 @@ for c in cases:
         .collect()
 }
 
-const GATES: [&str; 5] = [
+const GATES: [&str; 6] = [
     "accuracy",
     "class_recall",
     "mcnemar",
     "throughput",
     "labels",
+    "slices",
 ];
 
 fn assert_one_testcase_per_gate(cases: &[(String, bool, bool)]) {

@@ -3,6 +3,7 @@
 
 mod attention;
 mod compare;
+mod datasets;
 mod export;
 mod honest;
 mod parquet_readers;

@@ -83,6 +83,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
                 error: Some(format!("decode failed: truncated PNG <chunk {i}>")),
                 warning: None,
                 attn_rollout: None,
+                extra: vec![],
             });
             continue;
         }
@@ -136,6 +137,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
             error: None,
             warning: None,
             attn_rollout: None,
+            extra: vec![],
         });
     }
     for i in 0..spec.unmapped_rows {
@@ -154,6 +156,7 @@ pub fn rows(spec: &Spec) -> Vec<Row> {
             error: None,
             warning: None,
             attn_rollout: None,
+            extra: vec![],
         });
     }
     out
@@ -214,6 +217,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             dataset_fingerprint: "synthetic".into(),
             shard: None,
             subset: None,
+            dataset_format: "folder".into(),
             label_mapping: LabelMapping {
                 model_labels: spec.classes.clone(),
                 class_to_id,
