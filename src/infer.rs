@@ -117,9 +117,11 @@ impl Engine {
                     ),
                 })?;
         }
-        let bytes = std::fs::read(onnx).map_err(|e| Error::io(onnx, e))?;
+        // From the file, not from memory: ONNX Runtime then resolves external-data
+        // files (`model.onnx_data`) against the model's folder, never against the
+        // current directory (`ModelBundle::open` has checked that they are there).
         let session = builder
-            .commit_from_memory(&bytes)
+            .commit_from_file(onnx)
             .map_err(|e| model_err(format!("not a loadable ONNX model: {e}")))?;
         let io = inspect(&session).map_err(model_err)?;
         Ok(Engine {
