@@ -165,7 +165,14 @@ impl Engine {
         let run_n = self.io.fixed_batch.unwrap_or(n).max(n);
         let padded;
         let data: &[f32] = if run_n > n {
-            let mut v = input[..n * per].to_vec();
+            let mut v = Vec::new();
+            v.try_reserve_exact(run_n * per).map_err(|_| Error::Model {
+                what: format!(
+                    "cannot allocate {} bytes to pad a batch to the model's fixed batch axis of {run_n}",
+                    (run_n * per) as u64 * 4
+                ),
+            })?;
+            v.extend_from_slice(&input[..n * per]);
             v.resize(run_n * per, 0.0);
             padded = v;
             &padded

@@ -30,6 +30,10 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub const DEFAULT_CHECKPOINT_ROWS: usize = 1024;
 /// Largest decoded image, in pixels (decompression bombs are refused).
 pub const DEFAULT_MAX_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
+/// Largest input tensor of one batch, in bytes (batch x 3 x H x W x 4): 4 GiB.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 4 << 30;
+/// Largest image file read, in bytes: 1 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = crate::preprocess::DEFAULT_MAX_FILE_BYTES;
 /// Default-domain ONNX opset of an export (as optimum).
 pub const DEFAULT_OPSET: i64 = 18;
 /// Classes of a preset exported with random weights (ImageNet's, as HF's ViT).
@@ -70,6 +74,12 @@ mod defaults {
     }
     pub fn max_pixels() -> u64 {
         super::DEFAULT_MAX_PIXELS
+    }
+    pub fn max_batch_bytes() -> u64 {
+        super::DEFAULT_MAX_BATCH_BYTES
+    }
+    pub fn max_file_bytes() -> u64 {
+        super::DEFAULT_MAX_FILE_BYTES
     }
     pub fn yes() -> bool {
         true
@@ -265,6 +275,17 @@ pub struct ScoreOptions {
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     #[serde(default = "defaults::max_pixels")]
     pub max_pixels: u64,
+    /// Refuse to start when one batch's input tensor (batch x 3 x H x W float32, the
+    /// batch being the larger of the batch size and a fixed batch axis) is larger
+    /// than this many bytes (default 4 GiB), before anything is allocated.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    #[serde(default = "defaults::max_batch_bytes")]
+    pub max_batch_bytes: u64,
+    /// Image files larger than this many bytes (default 1 GiB) are not read: each is
+    /// an error row, checked from the file's size.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    #[serde(default = "defaults::max_file_bytes")]
+    pub max_file_bytes: u64,
     /// Where the preprocessing comes from: `model` (the model folder's
     /// preprocessor_config.json; a model without one is refused) or `defaults`
     /// (ImageNet mean/std, bilinear, resize to the model's input size).
@@ -351,6 +372,8 @@ impl ScoreOptions {
             limit: None,
             ort_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             preprocess: PreprocessMode::Model,
             size: None,
             resample: None,
@@ -401,6 +424,12 @@ impl ScoreOptions {
         }
         if self.max_pixels == 0 {
             return Err(invalid("max_pixels", "must be at least 1"));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(invalid("max_batch_bytes", "must be at least 1"));
+        }
+        if self.max_file_bytes == 0 {
+            return Err(invalid("max_file_bytes", "must be at least 1"));
         }
         if let Some(r) = self.max_error_rate {
             if !(0.0..=100.0).contains(&r) {

@@ -7,6 +7,11 @@ use std::process::Output;
 
 use prost::Message;
 use vit_batch::onnx::{tensor_proto::DataLocation, ModelProto, StringStringEntryProto};
+use vit_batch::onnx::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, AttributeProto, GraphProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
 use vit_batch::record::{read_parquet, Row};
 
 use crate::score::small_dataset;
@@ -66,7 +71,8 @@ fn externalize(dst: &Path, location: &str) -> usize {
     moved
 }
 
-/// Score `data` with `model` into `out`, from the current directory `cwd`.
+/// Score `data` with `model` into `out`, from the current directory `cwd` (batches
+/// of 4 unless `extra` sets the batch size).
 fn score_from(cwd: &Path, data: &Path, model: &Path, out: &Path, extra: &[&str]) -> Output {
     let o = bin()
         .current_dir(cwd)
@@ -74,7 +80,12 @@ fn score_from(cwd: &Path, data: &Path, model: &Path, out: &Path, extra: &[&str])
         .arg(model)
         .arg("--out")
         .arg(out)
-        .args(["--quiet", "--batch-size", "4"])
+        .arg("--quiet")
+        .args(if extra.contains(&"--batch-size") {
+            &[][..]
+        } else {
+            &["--batch-size", "4"][..]
+        })
         .args(extra)
         .output()
         .unwrap();
@@ -182,4 +193,265 @@ fn external_data_missing_or_outside_the_model_folder_is_refused() {
         assert_refused(&o, msg, &out);
         assert!(stderr(&o).contains(loc), "{}", stderr(&o));
     }
+}
+
+// ---- Bare ONNX graphs built here, with the crate's generated ONNX types. ----
+
+/// A dimension: a fixed size, or a named dynamic one.
+#[derive(Clone, Copy)]
+enum D {
+    V(i64),
+    P(&'static str),
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[D]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match *d {
+                D::V(v) => dimension::Value::DimValue(v),
+                D::P(p) => dimension::Value::DimParam(p.into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn write_model(path: &Path, graph: GraphProto) {
+    let m = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        producer_name: Some("vit-batch-tests".into()),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    util::write(path, &m.encode_to_vec());
+}
+
+const FLOAT: i32 = 1;
+
+/// pixel_values [batch, 3, h, w] -> GlobalAveragePool -> Flatten -> logits [batch, 3]:
+/// a real, tiny classifier of 3 classes.
+fn pooling_model(path: &Path, batch: D, h: D, w: D) {
+    let graph = GraphProto {
+        name: Some("pool".into()),
+        node: vec![
+            node("GlobalAveragePool", &["pixel_values"], &["pooled"], vec![]),
+            node("Flatten", &["pooled"], &["logits"], vec![]),
+        ],
+        input: vec![value_info("pixel_values", FLOAT, &[batch, D::V(3), h, w])],
+        output: vec![value_info("logits", FLOAT, &[batch, D::V(3)])],
+        ..Default::default()
+    };
+    write_model(path, graph);
+}
+
+fn bare_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--preprocess", "defaults", "--top-k", "1"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn zero_sizes_in_preprocessor_config_are_refused_naming_the_field() {
+    let t = tempdir();
+    let data = small_dataset(t.path(), 2, 2);
+    let base: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(digits_model().join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "size0x0",
+            serde_json::json!({"size": {"height": 0, "width": 0}}),
+            "size must be at least 1x1 pixels",
+        ),
+        (
+            "shortest0",
+            serde_json::json!({"size": {"shortest_edge": 0}, "do_center_crop": true,
+                "crop_size": {"height": 32, "width": 32}}),
+            "size.shortest_edge must be at least 1",
+        ),
+        (
+            "crop0",
+            serde_json::json!({"size": {"shortest_edge": 36}, "do_center_crop": true,
+                "crop_size": {"height": 0, "width": 32}}),
+            "crop_size must be at least 1x1 pixels",
+        ),
+    ];
+    for (name, patch, msg) in cases {
+        let m = t.path().join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        for f in ["config.json", "model.onnx"] {
+            std::fs::copy(digits_model().join(f), m.join(f)).unwrap();
+        }
+        let mut cfg = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        util::write(
+            &m.join("preprocessor_config.json"),
+            serde_json::to_string(&cfg).unwrap().as_bytes(),
+        );
+        let out = t.path().join(format!("{name}-run"));
+        let o = score_from(t.path(), &data, &m, &out, &[]);
+        assert_refused(&o, msg, &out);
+        assert!(
+            stderr(&o).contains("preprocessor_config.json"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn batch_tensor_bytes_are_bounded_before_anything_is_allocated() {
+    let t = tempdir();
+    let data = small_dataset(t.path(), 2, 2);
+    // The graph builder makes a model that scores: the refusals below are the bound's.
+    let ok = t.path().join("pool32.onnx");
+    pooling_model(&ok, D::P("batch"), D::V(32), D::V(32));
+    let out = t.path().join("ok-run");
+    let o = score_from(t.path(), &data, &ok, &out, &bare_args(&[]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(rows(&out).iter().any(|r| r.pred_id.is_some()));
+
+    // --batch-size 100000000 with a 32x32 input: 1.2 TB of input per batch.
+    let out = t.path().join("huge-batch");
+    let o = score_from(
+        t.path(),
+        &data,
+        &ok,
+        &out,
+        &bare_args(&["--batch-size", "100000000"]),
+    );
+    assert_refused(
+        &o,
+        "--max-batch-bytes: one batch's input tensor would be 100000000 x 3 x 32 x 32",
+        &out,
+    );
+    assert!(stderr(&o).contains("--batch-size"), "{}", stderr(&o));
+
+    // A bare model with a fixed 100000x100000 input.
+    let big = t.path().join("pool-huge.onnx");
+    pooling_model(&big, D::P("batch"), D::V(100_000), D::V(100_000));
+    let out = t.path().join("huge-input");
+    let o = score_from(t.path(), &data, &big, &out, &bare_args(&[]));
+    assert_refused(&o, "x 3 x 100000 x 100000 float32", &out);
+
+    // A fixed batch axis of 1,000,000.
+    let fixed = t.path().join("pool-fixed.onnx");
+    pooling_model(&fixed, D::V(1_000_000), D::V(32), D::V(32));
+    let out = t.path().join("fixed-batch");
+    let o = score_from(t.path(), &data, &fixed, &out, &bare_args(&[]));
+    assert_refused(&o, "the model's fixed batch axis of 1000000", &out);
+
+    // The limit is the option: 4 x 3 x 32 x 32 x 4 = 49152 bytes.
+    let out = t.path().join("limit");
+    let o = score_from(
+        t.path(),
+        &data,
+        &ok,
+        &out,
+        &bare_args(&["--max-batch-bytes", "49151"]),
+    );
+    assert_refused(&o, "= 49152 bytes, above the limit of 49151 bytes", &out);
+    let o = score_from(
+        t.path(),
+        &data,
+        &ok,
+        &out,
+        &bare_args(&["--max-batch-bytes", "49152"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = score_from(
+        t.path(),
+        &data,
+        &ok,
+        &t.path().join("zero"),
+        &bare_args(&["--max-batch-bytes", "0"]),
+    );
+    assert_refused(
+        &o,
+        "--max-batch-bytes: must be at least 1",
+        &t.path().join("zero"),
+    );
+}
+
+#[test]
+fn a_file_over_max_file_bytes_is_an_error_row_and_is_not_read() {
+    let t = tempdir();
+    let data = small_dataset(t.path(), 2, 2);
+    // A 2 GiB sparse "PNG": reading it whole would take 2 GiB of memory.
+    let big = data.join("0/huge.png");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let out = t.path().join("run");
+    let started = std::time::Instant::now();
+    let o = score_from(t.path(), &data, &digits_model(), &out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+    let rs = rows(&out);
+    let r = rs.iter().find(|r| r.path == "0/huge.png").unwrap();
+    assert_eq!(
+        r.error.as_deref(),
+        Some("file is 2147483648 bytes, above the limit of 1073741824 bytes (--max-file-bytes); not read")
+    );
+    assert!(rs.iter().filter(|r| r.pred_id.is_some()).count() >= 4);
+
+    // The limit is the option: the digit PNGs are larger than 100 bytes.
+    let out = t.path().join("small-limit");
+    let o = score_from(
+        t.path(),
+        &data,
+        &digits_model(),
+        &out,
+        &["--max-file-bytes", "100", "--max-error-rate", "100"],
+    );
+    let rs = rows(&out);
+    assert!(
+        o.status.code() == Some(3),
+        "nothing evaluated: {}",
+        stderr(&o)
+    );
+    let png = rs
+        .iter()
+        .find(|r| r.path.starts_with("1/") && r.path != "1/broken.png")
+        .unwrap();
+    let len = std::fs::metadata(data.join(&png.path)).unwrap().len();
+    assert_eq!(
+        png.error.as_deref(),
+        Some(
+            format!(
+                "file is {len} bytes, above the limit of 100 bytes (--max-file-bytes); not read"
+            )
+            .as_str()
+        )
+    );
 }
