@@ -455,3 +455,112 @@ fn a_file_over_max_file_bytes_is_an_error_row_and_is_not_read() {
         )
     );
 }
+
+// ---- merge checks every row it reads ----
+
+/// Two shards of the digits fixture model over a small dataset, scored for real.
+fn two_shards(t: &Path) -> (PathBuf, PathBuf) {
+    let data = small_dataset(t, 4, 3);
+    let dirs: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let out = t.join(format!("shard-{k}"));
+            let o = score_from(
+                t,
+                &data,
+                &digits_model(),
+                &out,
+                &["--shard", &format!("{k}/2")],
+            );
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+            out
+        })
+        .collect();
+    (dirs[0].clone(), dirs[1].clone())
+}
+
+fn merge(t: &Path, a: &Path, b: &Path, out: &Path) -> Output {
+    let o = bin()
+        .current_dir(t)
+        .arg("merge")
+        .args([a, b])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    o
+}
+
+#[test]
+fn merge_refuses_rows_that_vit_batch_cannot_have_written() {
+    let t = tempdir();
+    let (s0, s1) = two_shards(t.path());
+    let file = s1.join("predictions.parquet");
+    let good = read_parquet(&file).unwrap();
+    let ok = good
+        .iter()
+        .position(|r| r.pred_id.is_some())
+        .expect("a scored row");
+    let path = good[ok].path.clone();
+    type Edit = fn(&mut Row);
+    let cases: [(&str, Edit, &str); 6] = [
+        (
+            "nan",
+            |r| r.score = Some(f32::NAN),
+            "score NaN is not a probability in [0, 1]",
+        ),
+        (
+            "big",
+            |r| r.topk_scores.as_mut().unwrap()[1] = 1.5,
+            "a topk_scores value 1.5 is not a probability",
+        ),
+        (
+            "pred",
+            |r| r.pred_id = Some(10),
+            "pred_id 10 is out of range (the model has 10 classes)",
+        ),
+        (
+            "label",
+            |r| r.label_id = Some(4_000_000_000),
+            "label_id 4000000000 is out of range",
+        ),
+        (
+            "topk",
+            |r| {
+                r.topk_ids.as_mut().unwrap().pop();
+            },
+            "topk_ids has 4 values but topk_scores has 5",
+        ),
+        (
+            "short",
+            |r| {
+                r.topk_ids.as_mut().unwrap().pop();
+                r.topk_scores.as_mut().unwrap().pop();
+            },
+            "a scored row has 4 top-k values, the run keeps 5",
+        ),
+    ];
+    for (name, edit, msg) in cases {
+        let mut rows = good.clone();
+        edit(&mut rows[ok]);
+        vit_batch::record::write_parquet(&file, &rows).unwrap();
+        let out = t.path().join(format!("merged-{name}"));
+        let o = merge(t.path(), &s0, &s1, &out);
+        assert_refused(&o, msg, &out);
+        let e = stderr(&o);
+        assert!(
+            e.contains(&file.display().to_string())
+                && e.contains(&format!("row {ok} (path '{path}')")),
+            "{e}"
+        );
+    }
+    // The shard as written merges.
+    vit_batch::record::write_parquet(&file, &good).unwrap();
+    let out = t.path().join("merged");
+    let o = merge(t.path(), &s0, &s1, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        rows(&out).len(),
+        good.len() + read_parquet(&s0.join("predictions.parquet")).unwrap().len()
+    );
+}
