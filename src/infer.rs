@@ -34,6 +34,8 @@ pub(crate) struct EngineOptions {
     /// Let idle intra-op threads spin between operators (ONNX Runtime's default):
     /// faster hand-offs, at the cost of CPU time that decoding could use.
     pub spinning: bool,
+    /// Stop a batch whose inference takes longer than this ([`Error::BatchTimeout`]).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What the model's graph says about its input and output.
@@ -69,6 +71,7 @@ pub(crate) struct Engine {
     session: Session,
     pub io: ModelIo,
     pub provider: Provider,
+    timeout: Option<std::time::Duration>,
 }
 
 fn dim(d: i64) -> Option<usize> {
@@ -128,6 +131,7 @@ impl Engine {
             session,
             io,
             provider: opts.provider,
+            timeout: opts.timeout,
         })
     }
 
@@ -180,9 +184,36 @@ impl Engine {
             &input[..n * per]
         };
         let tensor = TensorRef::from_array_view(([run_n, 3, h, w], data))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.io.input_name.as_str() => tensor])?;
+        // A watchdog thread stops this run (ONNX Runtime's terminate flag, checked
+        // between nodes, loop bodies included) when it outlives the timeout.
+        let run_options = std::sync::Arc::new(ort::session::RunOptions::new()?);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = self.timeout.map(|t| {
+            let ro = std::sync::Arc::clone(&run_options);
+            std::thread::spawn(move || {
+                let late = matches!(
+                    done_rx.recv_timeout(t),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                late && ro.terminate().is_ok()
+            })
+        });
+        let result = self.session.run_with_options(
+            ort::inputs![self.io.input_name.as_str() => tensor],
+            &*run_options,
+        );
+        drop(done_tx);
+        let stopped = watchdog.is_some_and(|w| w.join().unwrap_or(false));
+        if stopped {
+            drop(result);
+            return Err(Error::BatchTimeout {
+                seconds: self.timeout.map_or(0, |t| t.as_secs()),
+                start: 0,
+                end: n,
+                parts: Default::default(),
+            });
+        }
+        let outputs = result?;
         let out = &outputs[self.io.output_name.as_str()];
         let (shape, values) = out.try_extract_tensor::<f32>()?;
         if shape.len() != 2 || shape[0] as usize != run_n {

@@ -32,6 +32,8 @@ pub const DEFAULT_CHECKPOINT_ROWS: usize = 1024;
 pub const DEFAULT_MAX_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
 /// Largest input tensor of one batch, in bytes (batch x 3 x H x W x 4): 4 GiB.
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 4 << 30;
+/// Longest one batch's inference may take, in seconds (then the run ends, exit 2).
+pub const DEFAULT_TIMEOUT_PER_BATCH: u64 = 600;
 /// Largest image file read, in bytes: 1 GiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = crate::preprocess::DEFAULT_MAX_FILE_BYTES;
 /// Default-domain ONNX opset of an export (as optimum).
@@ -80,6 +82,9 @@ mod defaults {
     }
     pub fn max_file_bytes() -> u64 {
         super::DEFAULT_MAX_FILE_BYTES
+    }
+    pub fn timeout_per_batch() -> u64 {
+        super::DEFAULT_TIMEOUT_PER_BATCH
     }
     pub fn yes() -> bool {
         true
@@ -286,6 +291,12 @@ pub struct ScoreOptions {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
     #[serde(default = "defaults::max_file_bytes")]
     pub max_file_bytes: u64,
+    /// End the run (exit 2) when one batch's inference has not returned after this
+    /// many seconds (a graph that loops forever); the committed parts are kept for
+    /// `--resume`.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_PER_BATCH)]
+    #[serde(default = "defaults::timeout_per_batch")]
+    pub timeout_per_batch: u64,
     /// Where the preprocessing comes from: `model` (the model folder's
     /// preprocessor_config.json; a model without one is refused) or `defaults`
     /// (ImageNet mean/std, bilinear, resize to the model's input size).
@@ -374,6 +385,7 @@ impl ScoreOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            timeout_per_batch: DEFAULT_TIMEOUT_PER_BATCH,
             preprocess: PreprocessMode::Model,
             size: None,
             resample: None,
@@ -430,6 +442,9 @@ impl ScoreOptions {
         }
         if self.max_file_bytes == 0 {
             return Err(invalid("max_file_bytes", "must be at least 1"));
+        }
+        if self.timeout_per_batch == 0 {
+            return Err(invalid("timeout_per_batch", "must be at least 1 (seconds)"));
         }
         if let Some(r) = self.max_error_rate {
             if !(0.0..=100.0).contains(&r) {

@@ -52,6 +52,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             provider: opts.provider,
             intra_threads: opts.threads(),
             spinning: opts.ort_spin,
+            timeout: Some(std::time::Duration::from_secs(opts.timeout_per_batch)),
         },
     )?;
     let (pcfg, psource) = resolve_preprocess(opts, &bundle, &engine)?;
@@ -681,7 +682,17 @@ fn score_parts(
         let mut part_start = None;
         for batch in rx.iter() {
             let batch = batch?;
-            let output = infer_batch(engine, &batch, mapping.model_labels.len(), h, w)?;
+            let output = infer_batch(engine, &batch, mapping.model_labels.len(), h, w).map_err(
+                |e| match e {
+                    Error::BatchTimeout { seconds, .. } => Error::BatchTimeout {
+                        seconds,
+                        start: batch.start,
+                        end: batch.start + batch.items.len(),
+                        parts: parts.dir.clone(),
+                    },
+                    e => e,
+                },
+            )?;
             let ents = &entries[batch.start..batch.start + batch.items.len()];
             let rows = rows_for_batch(&batch, ents, &output, attention.as_ref(), mapping, k);
             let ps = *part_start.get_or_insert(batch.start);

@@ -564,3 +564,152 @@ fn merge_refuses_rows_that_vit_batch_cannot_have_written() {
         good.len() + read_parquet(&s0.join("predictions.parquet")).unwrap().len()
     );
 }
+
+// ---- a stuck batch ends the run, the committed parts kept ----
+
+/// pixel_values [batch, 3, 32, 32] -> pooled logits [batch, 3], then a Loop of
+/// 10^15 iterations (an Identity body) over the logits: a graph that never returns.
+fn endless_model(path: &Path) {
+    use vit_batch::onnx::{attribute_proto::AttributeType, TensorProto};
+    let scalar = |name: &str, data_type: i32, int64: Vec<i64>, int32: Vec<i32>| TensorProto {
+        name: Some(name.into()),
+        data_type: Some(data_type),
+        int64_data: int64,
+        int32_data: int32,
+        ..Default::default()
+    };
+    let body = GraphProto {
+        name: Some("body".into()),
+        node: vec![
+            node("Identity", &["cond_in"], &["cond_out"], vec![]),
+            node("Identity", &["v_in"], &["v_out"], vec![]),
+        ],
+        input: vec![
+            value_info("i", 7, &[]),
+            value_info("cond_in", 9, &[]),
+            value_info("v_in", FLOAT, &[D::P("batch"), D::V(3)]),
+        ],
+        output: vec![
+            value_info("cond_out", 9, &[]),
+            value_info("v_out", FLOAT, &[D::P("batch"), D::V(3)]),
+        ],
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: Some("endless".into()),
+        node: vec![
+            node("GlobalAveragePool", &["pixel_values"], &["pooled"], vec![]),
+            node("Flatten", &["pooled"], &["flat"], vec![]),
+            node(
+                "Loop",
+                &["trips", "cond", "flat"],
+                &["logits"],
+                vec![AttributeProto {
+                    name: Some("body".into()),
+                    r#type: Some(AttributeType::Graph as i32),
+                    g: Some(body),
+                    ..Default::default()
+                }],
+            ),
+        ],
+        initializer: vec![
+            scalar("trips", 7, vec![1_000_000_000_000_000], vec![]),
+            scalar("cond", 9, vec![], vec![1]),
+        ],
+        input: vec![value_info(
+            "pixel_values",
+            FLOAT,
+            &[D::P("batch"), D::V(3), D::V(32), D::V(32)],
+        )],
+        output: vec![value_info("logits", FLOAT, &[D::P("batch"), D::V(3)])],
+        ..Default::default()
+    };
+    write_model(path, graph);
+}
+
+/// [`score_from`], but killed (and the test failed) if it has not exited after
+/// `limit` seconds: without the timeout, the endless graph would hang the test.
+fn score_within(limit: u64, data: &Path, model: &Path, out: &Path, extra: &[&str]) -> Output {
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["score", data.to_str().unwrap(), "--model"])
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() >= limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("vit-batch score still running after {limit} s: not stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_no_panic(&o);
+    o
+}
+
+#[test]
+fn a_batch_that_never_returns_ends_the_run_and_keeps_the_parts() {
+    let t = tempdir();
+    let data = t.path().join("data");
+    // Row 0 is a broken file (no inference: its part commits), row 1 hangs the graph.
+    util::write(&data.join("0/a-broken.png"), b"\x89PNG\r\n\x1a\nnot really");
+    let digit = std::fs::read_dir(util::fixtures().join("digits/test/0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    util::write(&data.join("0/b.png"), &std::fs::read(&digit).unwrap());
+    util::write(&data.join("1/c.png"), &std::fs::read(&digit).unwrap());
+    let model = t.path().join("endless.onnx");
+    endless_model(&model);
+    let out = t.path().join("run");
+    let args = bare_args(&[
+        "--batch-size",
+        "1",
+        "--checkpoint-rows",
+        "1",
+        "--threads",
+        "2",
+        "--timeout-per-batch",
+        "2",
+    ]);
+    let o = score_within(30, &data, &model, &out, &args);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("inference of rows 1..2 did not finish within 2 s (--timeout-per-batch")
+            && e.contains("rerun with --resume"),
+        "{e}"
+    );
+    let parts: Vec<String> = std::fs::read_dir(out.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(parts, vec!["part-0000000000-0000000001.parquet"]);
+    assert!(out.join("run.json").is_file());
+    assert!(!out.join("predictions.parquet").exists());
+
+    // --resume takes the folder and continues from row 1 (and stops there again).
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let o = score_within(30, &data, &model, &out, &resume);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("inference of rows 1..2"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out
+        .join("parts/part-0000000000-0000000001.parquet")
+        .is_file());
+}
