@@ -141,15 +141,21 @@ impl PreprocessConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            what: format!("{}: {e}", path.display()),
-        })?;
-        cfg.validate().map_err(|e| match e {
+        Self::from_json(&text).map_err(|e| match e {
             Error::Config { what } => Error::Config {
                 what: format!("{}: {what}", path.display()),
             },
             e => e,
+        })
+    }
+
+    /// Parse and [`validate`](Self::validate) the text of a `preprocessor_config.json`
+    /// (the fuzz target `preprocessor_config` feeds it arbitrary text).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| Error::Config {
+            what: e.to_string(),
         })?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -175,6 +181,25 @@ impl PreprocessConfig {
         }
         if self.image_std.contains(&0.0) {
             return bad("image_std must not contain 0".into());
+        }
+        // Every pixel value must normalize to a finite number (a tiny image_std or a
+        // huge rescale_factor would make infinities, the same for every image).
+        for ch in 0..3 {
+            for v in [0.0, 255.0] {
+                let mut x = if self.do_rescale {
+                    (v * self.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
+                if self.do_normalize {
+                    x = (x - self.image_mean[ch]) / self.image_std[ch];
+                }
+                if !x.is_finite() {
+                    return bad(format!(
+                        "image_mean / image_std / rescale_factor turn pixel value {v} of channel {ch} into {x}"
+                    ));
+                }
+            }
         }
         if !matches!(
             self.resample,
@@ -569,6 +594,43 @@ pub mod fuzzing {
         // Keeps the fuzzer inside its RSS limit; the refusal path is what is tested.
         p.max_pixels = 1 << 22;
         p
+    }
+
+    /// The text of a `preprocessor_config.json`, as the user's model folder holds it
+    /// (fuzz target `preprocessor_config`). Invariants: no panic; an accepted config
+    /// has an output of at least 1x1, and (when its sizes are small enough to try)
+    /// turns a small image into a finite tensor of its own size.
+    pub fn check_config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let Ok(cfg) = PreprocessConfig::from_json(text) else {
+            return;
+        };
+        let Ok(p) = Preprocessor::new(cfg) else {
+            return;
+        };
+        assert!(p.height >= 1 && p.width >= 1, "accepted an empty output");
+        let side = |s: SizeSpec| match s {
+            SizeSpec::Exact { height, width } => height.max(width),
+            SizeSpec::ShortestEdge { shortest_edge } => shortest_edge,
+        };
+        let sides = [Some(p.config.size), p.config.crop_size];
+        if sides.iter().flatten().any(|&s| side(s) > 256) {
+            return;
+        }
+        let img = image::RgbImage::from_fn(5, 3, |x, y| {
+            image::Rgb([(x * 50) as u8, (y * 100) as u8, 255])
+        });
+        let Ok(g) = p.geometry(&img) else {
+            return;
+        };
+        if (g.height(), g.width()) != (p.height, p.width) {
+            return;
+        }
+        let mut out = vec![f32::NAN; p.tensor_len()];
+        p.to_tensor(&g, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()), "non-finite tensor");
     }
 
     /// Byte 0 picks the file extension, byte 1 the config, the rest is the file.
