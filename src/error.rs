@@ -65,6 +65,19 @@ pub enum Error {
         /// Why the commit failed.
         cause: Box<Error>,
     },
+    /// One batch's inference did not return within `timeout_per_batch`: it was
+    /// stopped and the run ended; the parts committed before are kept.
+    #[error("inference of rows {start}..{end} did not finish within {seconds} s ({}); it was stopped and the run ended. The parts committed so far are kept in {}: rerun with {} (and a larger timeout if the model is only slow)", option_name("timeout_per_batch"), parts.display(), option_name("resume"))]
+    BatchTimeout {
+        /// The limit, in seconds.
+        seconds: u64,
+        /// First dataset row of the batch.
+        start: usize,
+        /// One past its last row.
+        end: usize,
+        /// The run's `parts/` folder.
+        parts: PathBuf,
+    },
     /// A finished run failed a data-quality gate (nothing evaluated, too many
     /// failed images): its outputs are written, its numbers are not to be trusted.
     #[error("data quality: {what} (the run's files are in {})", run.display())]

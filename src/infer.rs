@@ -34,6 +34,8 @@ pub(crate) struct EngineOptions {
     /// Let idle intra-op threads spin between operators (ONNX Runtime's default):
     /// faster hand-offs, at the cost of CPU time that decoding could use.
     pub spinning: bool,
+    /// Stop a batch whose inference takes longer than this ([`Error::BatchTimeout`]).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What the model's graph says about its input and output.
@@ -69,6 +71,7 @@ pub(crate) struct Engine {
     session: Session,
     pub io: ModelIo,
     pub provider: Provider,
+    timeout: Option<std::time::Duration>,
 }
 
 fn dim(d: i64) -> Option<usize> {
@@ -117,15 +120,18 @@ impl Engine {
                     ),
                 })?;
         }
-        let bytes = std::fs::read(onnx).map_err(|e| Error::io(onnx, e))?;
+        // From the file, not from memory: ONNX Runtime then resolves external-data
+        // files (`model.onnx_data`) against the model's folder, never against the
+        // current directory (`ModelBundle::open` has checked that they are there).
         let session = builder
-            .commit_from_memory(&bytes)
+            .commit_from_file(onnx)
             .map_err(|e| model_err(format!("not a loadable ONNX model: {e}")))?;
         let io = inspect(&session).map_err(model_err)?;
         Ok(Engine {
             session,
             io,
             provider: opts.provider,
+            timeout: opts.timeout,
         })
     }
 
@@ -163,7 +169,14 @@ impl Engine {
         let run_n = self.io.fixed_batch.unwrap_or(n).max(n);
         let padded;
         let data: &[f32] = if run_n > n {
-            let mut v = input[..n * per].to_vec();
+            let mut v = Vec::new();
+            v.try_reserve_exact(run_n * per).map_err(|_| Error::Model {
+                what: format!(
+                    "cannot allocate {} bytes to pad a batch to the model's fixed batch axis of {run_n}",
+                    (run_n * per) as u64 * 4
+                ),
+            })?;
+            v.extend_from_slice(&input[..n * per]);
             v.resize(run_n * per, 0.0);
             padded = v;
             &padded
@@ -171,9 +184,36 @@ impl Engine {
             &input[..n * per]
         };
         let tensor = TensorRef::from_array_view(([run_n, 3, h, w], data))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.io.input_name.as_str() => tensor])?;
+        // A watchdog thread stops this run (ONNX Runtime's terminate flag, checked
+        // between nodes, loop bodies included) when it outlives the timeout.
+        let run_options = std::sync::Arc::new(ort::session::RunOptions::new()?);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = self.timeout.map(|t| {
+            let ro = std::sync::Arc::clone(&run_options);
+            std::thread::spawn(move || {
+                let late = matches!(
+                    done_rx.recv_timeout(t),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                late && ro.terminate().is_ok()
+            })
+        });
+        let result = self.session.run_with_options(
+            ort::inputs![self.io.input_name.as_str() => tensor],
+            &*run_options,
+        );
+        drop(done_tx);
+        let stopped = watchdog.is_some_and(|w| w.join().unwrap_or(false));
+        if stopped {
+            drop(result);
+            return Err(Error::BatchTimeout {
+                seconds: self.timeout.map_or(0, |t| t.as_secs()),
+                start: 0,
+                end: n,
+                parts: Default::default(),
+            });
+        }
+        let outputs = result?;
         let out = &outputs[self.io.output_name.as_str()];
         let (shape, values) = out.try_extract_tensor::<f32>()?;
         if shape.len() != 2 || shape[0] as usize != run_n {

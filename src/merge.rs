@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::record::{self, Row};
+use crate::record::{self, Row, Status};
 use crate::run::{
     self, IdentityScope, MetricsFile, OutPolicy, Run, RunIdentity, ShardThroughput, Throughput,
 };
@@ -113,6 +113,94 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
     Ok(n)
 }
 
+/// Rows read per slice when checking a shard's predictions.
+const CHECK_CHUNK: usize = 4096;
+
+/// Check every row of the predictions file `file` of a shard with `identity`:
+/// probabilities finite and in [0, 1], class ids in range of the model's labels, and
+/// the top-k lists of a scored row of the run's length, with the top-1 first.
+fn check_rows(file: &Path, identity: &RunIdentity) -> Result<()> {
+    let total = record::parquet_rows(file)?;
+    let labels = identity.model_labels.len();
+    let k = identity.top_k.min(labels);
+    for offset in (0..total).step_by(CHECK_CHUNK) {
+        let rows = record::read_parquet_slice(file, offset, CHECK_CHUNK)?;
+        for (i, r) in rows.iter().enumerate() {
+            if let Some(what) = row_problem(r, labels, k) {
+                return Err(Error::Corrupt {
+                    path: file.to_path_buf(),
+                    what: format!(
+                        "row {} (path '{}'): {what}; this shard's predictions are not what vit-batch wrote: score the shard again",
+                        offset + i,
+                        r.path
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with row `r` of a run with `labels` classes and top-`k` lists.
+fn row_problem(r: &Row, labels: usize, k: usize) -> Option<String> {
+    let prob = |name: &str, v: f32| {
+        (!(v.is_finite() && (0.0..=1.0).contains(&v)))
+            .then(|| format!("{name} {v} is not a probability in [0, 1]"))
+    };
+    let id = |name: &str, v: u32| {
+        (v as usize >= labels)
+            .then(|| format!("{name} {v} is out of range (the model has {labels} classes)"))
+    };
+    if let Some(p) = r.score.and_then(|s| prob("score", s)) {
+        return Some(p);
+    }
+    if let Some(p) = r
+        .topk_scores
+        .iter()
+        .flatten()
+        .find_map(|&s| prob("a topk_scores value", s))
+    {
+        return Some(p);
+    }
+    for (name, v) in [("label_id", r.label_id), ("pred_id", r.pred_id)] {
+        if let Some(p) = v.and_then(|v| id(name, v)) {
+            return Some(p);
+        }
+    }
+    if let Some(p) = r
+        .topk_ids
+        .iter()
+        .flatten()
+        .find_map(|&v| id("a topk_ids value", v))
+    {
+        return Some(p);
+    }
+    let (ids, scores) = (
+        r.topk_ids.as_ref().map(Vec::len),
+        r.topk_scores.as_ref().map(Vec::len),
+    );
+    if ids != scores {
+        return Some(format!(
+            "topk_ids has {} values but topk_scores has {}",
+            ids.unwrap_or(0),
+            scores.unwrap_or(0)
+        ));
+    }
+    if r.status == Status::Ok {
+        if ids != Some(k) {
+            return Some(format!(
+                "a scored row has {} top-k values, the run keeps {k}",
+                ids.unwrap_or(0)
+            ));
+        }
+        let first = r.topk_ids.as_ref().and_then(|t| t.first().copied());
+        if r.pred_id.is_none() || r.score.is_none() || first != r.pred_id {
+            return Some("a scored row's pred_id is missing or is not its first top-k id".into());
+        }
+    }
+    None
+}
+
 /// Merge the shard runs of `opts.shards` into one run in `opts.out`; the merged
 /// predictions and metrics equal a single run's.
 pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
@@ -129,6 +217,11 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
         .collect::<Result<Vec<_>>>()?;
     let n = check(&shards)?;
     shards.sort_by_key(|s| s.identity.shard.expect("checked").index);
+    // Every row is checked before the output folder is touched: a shard whose
+    // predictions were edited or damaged is refused, naming the file and the row.
+    for s in &shards {
+        check_rows(&s.dir.join(run::PREDICTIONS), &s.identity)?;
+    }
     let _lock = run::prepare_out_dir(
         &opts.out,
         if opts.overwrite {

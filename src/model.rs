@@ -107,13 +107,147 @@ impl ModelBundle {
             }
         }
         Ok(ModelBundle {
-            sha256: sha256_file(&onnx)?,
+            sha256: model_sha256(&onnx)?,
             onnx,
             labels,
             label2id,
             preprocess,
             patch_size,
         })
+    }
+}
+
+/// The model's SHA-256: that of `model.onnx` alone when the graph holds all its
+/// weights; for a graph with external data (`model.onnx` + `model.onnx_data`, what
+/// optimum writes for models over 2 GB), the SHA-256 of the `sha256sum`-style lines
+/// `<sha256>  <name>\n` of `model.onnx` and then of every external-data file it
+/// references, sorted by name. So changing any weights file changes the hash.
+pub(crate) fn model_sha256(onnx: &Path) -> Result<String> {
+    let files = external_data_files(onnx)?;
+    let own = sha256_file(onnx)?;
+    if files.is_empty() {
+        return Ok(own);
+    }
+    let name = onnx
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(format!("{own}  {name}\n"));
+    let dir = onnx.parent().unwrap_or(Path::new(""));
+    for f in &files {
+        h.update(format!("{}  {f}\n", sha256_file(&dir.join(f))?));
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The external-data files (`location` of tensors stored outside the graph) that the
+/// ONNX model `onnx` references, sorted and deduplicated, as relative paths inside
+/// its folder. A location that is absolute, leaves the folder (`..`) or names no
+/// regular file is an error: ONNX Runtime would otherwise read weights from
+/// elsewhere, or fail later with a less clear message.
+pub(crate) fn external_data_files(onnx: &Path) -> Result<Vec<String>> {
+    use prost::Message;
+    let bytes = std::fs::read(onnx).map_err(|e| Error::io(onnx, e))?;
+    let Ok(model) = crate::onnx::ModelProto::decode(bytes.as_slice()) else {
+        // Not ONNX: the engine reports that with ONNX Runtime's own message.
+        return Ok(vec![]);
+    };
+    drop(bytes);
+    let mut locations = std::collections::BTreeSet::new();
+    if let Some(g) = &model.graph {
+        graph_locations(g, &mut locations);
+    }
+    for t in &model.training_info {
+        for g in [&t.initialization, &t.algorithm].into_iter().flatten() {
+            graph_locations(g, &mut locations);
+        }
+    }
+    let dir = onnx.parent().unwrap_or(Path::new(""));
+    let bad = |loc: &str, why: &str| {
+        Error::Model {
+        what: format!(
+            "{}: external-data file '{loc}' {why} (external data must be a file in the model's folder, {})",
+            onnx.display(),
+            if dir.as_os_str().is_empty() { Path::new(".") } else { dir }.display()
+        ),
+    }
+    };
+    for loc in &locations {
+        let p = Path::new(loc);
+        if loc.is_empty() {
+            return Err(bad(loc, "has an empty location"));
+        }
+        if p.is_absolute() || p.has_root() {
+            return Err(bad(loc, "is an absolute path"));
+        }
+        if p.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(bad(loc, "leaves the model's folder ('..')"));
+        }
+        let full = dir.join(p);
+        if !full.is_file() {
+            return Err(bad(loc, "is missing (or not a regular file)"));
+        }
+        // A link inside the folder may still point out of it.
+        let (Ok(real), Ok(real_dir)) = (
+            full.canonicalize(),
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+            .canonicalize(),
+        ) else {
+            return Err(bad(loc, "cannot be resolved"));
+        };
+        if !real.starts_with(&real_dir) {
+            return Err(bad(loc, "is a link that leaves the model's folder"));
+        }
+    }
+    Ok(locations.into_iter().collect())
+}
+
+/// Collect the `location` of every externally stored tensor of `g`: initializers,
+/// tensor attributes and, recursively, subgraphs (If / Loop / Scan bodies).
+fn graph_locations(g: &crate::onnx::GraphProto, out: &mut std::collections::BTreeSet<String>) {
+    use crate::onnx::tensor_proto::DataLocation;
+    let mut tensor = |t: &crate::onnx::TensorProto| {
+        if t.data_location == Some(DataLocation::External as i32) {
+            for kv in &t.external_data {
+                if kv.key.as_deref() == Some("location") {
+                    out.insert(kv.value.clone().unwrap_or_default());
+                }
+            }
+        }
+    };
+    let mut subgraphs = vec![];
+    for t in &g.initializer {
+        tensor(t);
+    }
+    for s in &g.sparse_initializer {
+        for t in [&s.values, &s.indices].into_iter().flatten() {
+            tensor(t);
+        }
+    }
+    for n in &g.node {
+        for a in &n.attribute {
+            if let Some(t) = &a.t {
+                tensor(t);
+            }
+            for t in &a.tensors {
+                tensor(t);
+            }
+            subgraphs.extend(a.g.iter());
+            subgraphs.extend(a.graphs.iter());
+        }
+    }
+    for sg in subgraphs {
+        graph_locations(sg, out);
     }
 }
 

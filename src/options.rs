@@ -30,6 +30,12 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub const DEFAULT_CHECKPOINT_ROWS: usize = 1024;
 /// Largest decoded image, in pixels (decompression bombs are refused).
 pub const DEFAULT_MAX_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
+/// Largest input tensor of one batch, in bytes (batch x 3 x H x W x 4): 4 GiB.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 4 << 30;
+/// Longest one batch's inference may take, in seconds (then the run ends, exit 2).
+pub const DEFAULT_TIMEOUT_PER_BATCH: u64 = 600;
+/// Largest image file read, in bytes: 1 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = crate::preprocess::DEFAULT_MAX_FILE_BYTES;
 /// Default-domain ONNX opset of an export (as optimum).
 pub const DEFAULT_OPSET: i64 = 18;
 /// Classes of a preset exported with random weights (ImageNet's, as HF's ViT).
@@ -78,6 +84,15 @@ mod defaults {
     }
     pub fn max_pixels() -> u64 {
         super::DEFAULT_MAX_PIXELS
+    }
+    pub fn max_batch_bytes() -> u64 {
+        super::DEFAULT_MAX_BATCH_BYTES
+    }
+    pub fn max_file_bytes() -> u64 {
+        super::DEFAULT_MAX_FILE_BYTES
+    }
+    pub fn timeout_per_batch() -> u64 {
+        super::DEFAULT_TIMEOUT_PER_BATCH
     }
     pub fn yes() -> bool {
         true
@@ -324,6 +339,23 @@ pub struct ScoreOptions {
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     #[serde(default = "defaults::max_pixels")]
     pub max_pixels: u64,
+    /// Refuse to start when one batch's input tensor (batch x 3 x H x W float32, the
+    /// batch being the larger of the batch size and a fixed batch axis) is larger
+    /// than this many bytes (default 4 GiB), before anything is allocated.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    #[serde(default = "defaults::max_batch_bytes")]
+    pub max_batch_bytes: u64,
+    /// Image files larger than this many bytes (default 1 GiB) are not read: each is
+    /// an error row, checked from the file's size.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    #[serde(default = "defaults::max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// End the run (exit 2) when one batch's inference has not returned after this
+    /// many seconds (a graph that loops forever); the committed parts are kept for
+    /// `--resume`.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_PER_BATCH)]
+    #[serde(default = "defaults::timeout_per_batch")]
+    pub timeout_per_batch: u64,
     /// Where the preprocessing comes from: `model` (the model folder's
     /// preprocessor_config.json; a model without one is refused) or `defaults`
     /// (ImageNet mean/std, bilinear, resize to the model's input size).
@@ -418,6 +450,9 @@ impl ScoreOptions {
             slice_by: vec![],
             ort_lib: None,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            timeout_per_batch: DEFAULT_TIMEOUT_PER_BATCH,
             preprocess: PreprocessMode::Model,
             size: None,
             resample: None,
@@ -486,6 +521,15 @@ impl ScoreOptions {
         }
         if self.max_pixels == 0 {
             return Err(invalid("max_pixels", "must be at least 1"));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(invalid("max_batch_bytes", "must be at least 1"));
+        }
+        if self.max_file_bytes == 0 {
+            return Err(invalid("max_file_bytes", "must be at least 1"));
+        }
+        if self.timeout_per_batch == 0 {
+            return Err(invalid("timeout_per_batch", "must be at least 1 (seconds)"));
         }
         if let Some(r) = self.max_error_rate {
             if !(0.0..=100.0).contains(&r) {

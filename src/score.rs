@@ -52,12 +52,15 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             provider: opts.provider,
             intra_threads: opts.threads(),
             spinning: opts.ort_spin,
+            timeout: Some(std::time::Duration::from_secs(opts.timeout_per_batch)),
         },
     )?;
     let (pcfg, psource) = resolve_preprocess(opts, &bundle, &engine)?;
     let mut pre = Preprocessor::new(pcfg)?;
     pre.max_pixels = opts.max_pixels;
+    pre.max_file_bytes = opts.max_file_bytes;
     engine.check_input(pre.height, pre.width)?;
+    check_batch_bytes(opts, &engine, &pre)?;
     let attention = attention_layout(&engine, &bundle, &pre)?;
     let labels = match (&bundle.labels, engine.io.num_classes) {
         (Some(l), Some(c)) if l.len() != c => {
@@ -173,6 +176,33 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         identity,
         runtime,
         attention,
+    })
+}
+
+/// One batch's input tensor (batch x 3 x H x W float32, the batch being the larger of
+/// the batch size and a fixed batch axis) must fit `max_batch_bytes`: checked here,
+/// before the output folder is touched and before anything that size is allocated.
+fn check_batch_bytes(opts: &ScoreOptions, engine: &Engine, pre: &Preprocessor) -> Result<()> {
+    let fixed = engine.io.fixed_batch.filter(|&f| f > opts.batch_size);
+    let n = fixed.unwrap_or(opts.batch_size) as u64;
+    let (h, w) = (pre.height as u64, pre.width as u64);
+    let bytes = [3, h, w, 4]
+        .iter()
+        .try_fold(n, |acc, &x| acc.checked_mul(x));
+    if bytes.is_some_and(|b| b <= opts.max_batch_bytes) {
+        return Ok(());
+    }
+    let size = bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string());
+    let cause = match fixed {
+        Some(f) => format!("the model's fixed batch axis of {f}"),
+        None => format!("{} {n}", crate::error::option_name("batch_size")),
+    };
+    Err(Error::InvalidOption {
+        option: "max_batch_bytes",
+        what: format!(
+            "one batch's input tensor would be {n} x 3 x {h} x {w} float32 = {size} bytes, above the limit of {} bytes (from {cause} and the {h}x{w} input); lower the batch size or the input size, or raise the limit",
+            opts.max_batch_bytes
+        ),
     })
 }
 
@@ -334,10 +364,19 @@ fn preprocess_batch(
     entries: &[Entry],
     start: usize,
     mut buf: Vec<f32>,
-) -> Batch {
+) -> Result<Batch> {
     let per = pre.tensor_len();
     buf.clear();
-    buf.resize(per * entries.len(), 0.0);
+    let len = per * entries.len();
+    buf.try_reserve_exact(len).map_err(|_| Error::Output {
+        what: format!(
+            "cannot allocate {} bytes for a batch of {} images: lower {}",
+            len as u64 * 4,
+            entries.len(),
+            crate::error::option_name("batch_size")
+        ),
+    })?;
+    buf.resize(len, 0.0);
     let results: Vec<std::result::Result<Option<String>, String>> = buf
         .par_chunks_mut(per)
         .zip(entries.par_iter())
@@ -369,11 +408,11 @@ fn preprocess_batch(
         }
     }
     buf.truncate(packed * per);
-    Batch {
+    Ok(Batch {
         start,
         data: buf,
         items,
-    }
+    })
 }
 
 /// Turn a batch's logits into rows.
@@ -658,7 +697,7 @@ fn score_parts(
         })?;
     // One batch waits while one is in ONNX Runtime and the next is being decoded:
     // enough to keep ORT fed (decoding is ~5% of its cost), and memory stays flat.
-    let (tx, rx) = crossbeam_channel::bounded::<Batch>(1);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(1);
     // Batch buffers go back to the decoder once ORT is done with them: the same few
     // large buffers serve the whole run instead of one fresh allocation per batch.
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<f32>>(2);
@@ -685,7 +724,8 @@ fn score_parts(
                     let e = (s + bs).min(b);
                     let buf = recycle_rx.try_recv().unwrap_or_default();
                     let batch = pool.install(|| preprocess_batch(pre, &entries[s..e], s, buf));
-                    if tx.send(batch).is_err() {
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
                         return;
                     }
                 }
@@ -695,10 +735,21 @@ fn score_parts(
         // thread's next send fails instead of blocking forever.
         let rx = rx;
         let mut scored = 0;
-        let mut pending: Vec<Row> = Vec::with_capacity(part_rows);
+        let mut pending: Vec<Row> = Vec::with_capacity(part_rows.min(total));
         let mut part_start = None;
         for batch in rx.iter() {
-            let output = infer_batch(engine, &batch, mapping.model_labels.len(), h, w)?;
+            let batch = batch?;
+            let output = infer_batch(engine, &batch, mapping.model_labels.len(), h, w).map_err(
+                |e| match e {
+                    Error::BatchTimeout { seconds, .. } => Error::BatchTimeout {
+                        seconds,
+                        start: batch.start,
+                        end: batch.start + batch.items.len(),
+                        parts: parts.dir.clone(),
+                    },
+                    e => e,
+                },
+            )?;
             let ents = &entries[batch.start..batch.start + batch.items.len()];
             let rows = rows_for_batch(&batch, ents, &output, attention.as_ref(), mapping, k);
             let ps = *part_start.get_or_insert(batch.start);

@@ -2,6 +2,7 @@
 //! binary or the real library against real files in a temporary folder.
 
 mod attention;
+mod bounds;
 mod compare;
 mod datasets;
 mod export;

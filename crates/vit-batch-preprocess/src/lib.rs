@@ -47,6 +47,10 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// which Pillow itself refuses an image).
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
+/// Largest image file read, in bytes (checked from the file's metadata before
+/// reading: a larger file becomes an error row, it is not read).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
 /// `size` / `crop_size` of a preprocessor config: `{height, width}` or `{shortest_edge}`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -137,8 +141,19 @@ impl PreprocessConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            what: format!("{}: {e}", path.display()),
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Config { what } => Error::Config {
+                what: format!("{}: {what}", path.display()),
+            },
+            e => e,
+        })
+    }
+
+    /// Parse and [`validate`](Self::validate) the text of a `preprocessor_config.json`
+    /// (the fuzz target `preprocessor_config` feeds it arbitrary text).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| Error::Config {
+            what: e.to_string(),
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -146,11 +161,45 @@ impl PreprocessConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Config { what });
+        // Sizes are checked before anything is sized by them: a 0 would make empty
+        // tensors (or a division by zero), the same for every image.
+        for (field, spec) in [("size", Some(self.size)), ("crop_size", self.crop_size)] {
+            match spec {
+                Some(SizeSpec::Exact { height, width }) if height == 0 || width == 0 => {
+                    return bad(format!(
+                        "{field} must be at least 1x1 pixels, got height {height} x width {width}"
+                    ));
+                }
+                Some(SizeSpec::ShortestEdge { shortest_edge: 0 }) => {
+                    return bad(format!("{field}.shortest_edge must be at least 1, got 0"));
+                }
+                _ => {}
+            }
+        }
         if self.image_mean.len() != 3 || self.image_std.len() != 3 {
             return bad("image_mean and image_std must have 3 values (RGB)".into());
         }
         if self.image_std.contains(&0.0) {
             return bad("image_std must not contain 0".into());
+        }
+        // Every pixel value must normalize to a finite number (a tiny image_std or a
+        // huge rescale_factor would make infinities, the same for every image).
+        for ch in 0..3 {
+            for v in [0.0, 255.0] {
+                let mut x = if self.do_rescale {
+                    (v * self.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
+                if self.do_normalize {
+                    x = (x - self.image_mean[ch]) / self.image_std[ch];
+                }
+                if !x.is_finite() {
+                    return bad(format!(
+                        "image_mean / image_std / rescale_factor turn pixel value {v} of channel {ch} into {x}"
+                    ));
+                }
+            }
         }
         if !matches!(
             self.resample,
@@ -344,6 +393,8 @@ pub struct Preprocessor {
     pub height: u32,
     pub width: u32,
     pub max_pixels: u64,
+    /// Largest file read; larger files are refused from their metadata, unread.
+    pub max_file_bytes: u64,
 }
 
 impl Preprocessor {
@@ -355,6 +406,7 @@ impl Preprocessor {
             height,
             width,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         })
     }
 
@@ -432,7 +484,7 @@ impl Preprocessor {
 
     /// Read and preprocess one file; the error is a message for the error row.
     pub fn process_file(&self, path: &Path, out: &mut [f32]) -> Result<Option<String>, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
+        let bytes = read_bounded(path, self.max_file_bytes)?;
         let ext = path.extension().and_then(|e| e.to_str());
         self.process_bytes(&bytes, ext, out)
     }
@@ -443,6 +495,36 @@ impl Preprocessor {
         self.process_file(path, &mut v)?;
         Ok(v)
     }
+}
+
+/// Read `path` whole, unless its metadata says it is larger than `max` bytes (then it
+/// is not read at all). The read itself is capped at `max + 1` bytes, so a file that
+/// grows while being read cannot make it unbounded; the buffer is reserved
+/// fallibly, so a failed allocation is this file's error, not an abort.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let len = f
+        .metadata()
+        .map_err(|e| format!("cannot read file: {e}"))?
+        .len();
+    let too_large = |n: u64| {
+        format!("file is {n} bytes, above the limit of {max} bytes (--max-file-bytes); not read")
+    };
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|_| format!("cannot allocate {len} bytes to read the file"))?;
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn resize(
@@ -512,6 +594,43 @@ pub mod fuzzing {
         // Keeps the fuzzer inside its RSS limit; the refusal path is what is tested.
         p.max_pixels = 1 << 22;
         p
+    }
+
+    /// The text of a `preprocessor_config.json`, as the user's model folder holds it
+    /// (fuzz target `preprocessor_config`). Invariants: no panic; an accepted config
+    /// has an output of at least 1x1, and (when its sizes are small enough to try)
+    /// turns a small image into a finite tensor of its own size.
+    pub fn check_config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let Ok(cfg) = PreprocessConfig::from_json(text) else {
+            return;
+        };
+        let Ok(p) = Preprocessor::new(cfg) else {
+            return;
+        };
+        assert!(p.height >= 1 && p.width >= 1, "accepted an empty output");
+        let side = |s: SizeSpec| match s {
+            SizeSpec::Exact { height, width } => height.max(width),
+            SizeSpec::ShortestEdge { shortest_edge } => shortest_edge,
+        };
+        let sides = [Some(p.config.size), p.config.crop_size];
+        if sides.iter().flatten().any(|&s| side(s) > 256) {
+            return;
+        }
+        let img = image::RgbImage::from_fn(5, 3, |x, y| {
+            image::Rgb([(x * 50) as u8, (y * 100) as u8, 255])
+        });
+        let Ok(g) = p.geometry(&img) else {
+            return;
+        };
+        if (g.height(), g.width()) != (p.height, p.width) {
+            return;
+        }
+        let mut out = vec![f32::NAN; p.tensor_len()];
+        p.to_tensor(&g, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()), "non-finite tensor");
     }
 
     /// Byte 0 picks the file extension, byte 1 the config, the rest is the file.

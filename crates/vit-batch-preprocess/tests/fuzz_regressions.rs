@@ -32,6 +32,38 @@ fn fuzz_regressions_stay_fixed() {
 }
 
 #[test]
+fn config_fuzz_regressions_stay_fixed() {
+    for (path, data) in inputs("regressions-config") {
+        let outcome =
+            std::panic::catch_unwind(|| vit_batch_preprocess::fuzzing::check_config(&data));
+        assert!(outcome.is_ok(), "{} fails again", path.display());
+    }
+}
+
+#[test]
+fn config_fuzz_seeds_are_accepted_configs() {
+    for (path, data) in inputs("seeds-config") {
+        let text = std::str::from_utf8(&data).unwrap();
+        if let Err(e) = vit_batch_preprocess::PreprocessConfig::from_json(text) {
+            panic!("{}: {e}", path.display());
+        }
+        vit_batch_preprocess::fuzzing::check_config(&data);
+    }
+}
+
+#[test]
+fn config_regressions_are_refused_not_crashes() {
+    // The zero sizes and the infinite normalization in regressions-config/ were
+    // accepted before (a panic, or the same tensor for every image): now refused.
+    for (path, data) in inputs("regressions-config") {
+        let text = std::str::from_utf8(&data).unwrap();
+        let r = vit_batch_preprocess::PreprocessConfig::from_json(text)
+            .and_then(vit_batch_preprocess::Preprocessor::new);
+        assert!(r.is_err(), "{} is accepted", path.display());
+    }
+}
+
+#[test]
 fn fuzz_seeds_are_valid_images() {
     for (path, data) in inputs("seeds") {
         let p = vit_batch_preprocess::fuzzing::preprocessor(data[1]);
