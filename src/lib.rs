@@ -25,6 +25,7 @@ pub mod score;
 pub mod train;
 pub mod vit;
 pub mod walk;
+pub(crate) mod wds;
 
 pub use error::{Error, Result};
 

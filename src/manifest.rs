@@ -97,6 +97,7 @@ pub(crate) fn read(manifest: &Path, spec: &ManifestSpec) -> Result<Dataset> {
             size: meta.map(|m| m.len()).unwrap_or(0),
             problem,
             extra: l.extra,
+            member: None,
         });
     }
     if ds.entries.is_empty() {

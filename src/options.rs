@@ -221,6 +221,8 @@ pub enum DatasetFormat {
     Folder,
     /// A CSV or Parquet file with a path and a label column per image.
     Manifest,
+    /// WebDataset shards: a `.tar` file or a folder of them, read in place.
+    Wds,
 }
 
 /// Where `score` takes its preprocessing from.
@@ -482,11 +484,14 @@ impl ScoreOptions {
 
     /// How the dataset argument is read: the `format` option, else by what it is.
     pub fn dataset_format(&self) -> DatasetFormat {
-        self.format.unwrap_or(if self.data_dir.is_file() {
-            DatasetFormat::Manifest
-        } else {
-            DatasetFormat::Folder
-        })
+        self.format
+            .unwrap_or(if crate::wds::looks_like_wds(&self.data_dir) {
+                DatasetFormat::Wds
+            } else if self.data_dir.is_file() {
+                DatasetFormat::Manifest
+            } else {
+                DatasetFormat::Folder
+            })
     }
 
     /// What to do with a run already in `out`.
@@ -543,7 +548,7 @@ impl ScoreOptions {
         if let Some(r) = &self.root {
             local_path("root", r)?;
         }
-        if self.dataset_format() == DatasetFormat::Folder {
+        if self.dataset_format() != DatasetFormat::Manifest {
             for (name, set) in [
                 ("root", self.root.is_some()),
                 ("slice_by", !self.slice_by.is_empty()),
@@ -554,7 +559,7 @@ impl ScoreOptions {
                 ),
             ] {
                 if set {
-                    return Err(invalid(name, "applies to a manifest dataset, not a folder"));
+                    return Err(invalid(name, "applies to a manifest dataset only"));
                 }
             }
         }

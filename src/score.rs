@@ -101,6 +101,11 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             crate::manifest::resolve_label_ids(&mut ds, &labels)?;
             ds
         }
+        crate::options::DatasetFormat::Wds => {
+            let mut ds = crate::wds::read(&opts.data_dir)?;
+            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
+            ds
+        }
     };
     if let Some(first) = dataset.entries.first() {
         let carried: Vec<&str> = first.extra.iter().map(|(n, _)| n.as_str()).collect();
@@ -385,8 +390,10 @@ fn preprocess_batch(
                 return Err(p.clone());
             }
             // A panic in a decoder must not take the run down: it becomes this row's error.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pre.process_file(&e.path, slot)
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &e.member {
+                None => pre.process_file(&e.path, slot),
+                Some(m) => crate::wds::read_member(&e.path, m, pre.max_file_bytes)
+                    .and_then(|bytes| pre.process_bytes(&bytes, Some(&m.ext), slot)),
             })) {
                 Ok(r) => r,
                 Err(_) => Err("decoder crashed on this file (internal panic caught)".into()),

@@ -35,6 +35,20 @@ pub(crate) struct Entry {
     pub problem: Option<String>,
     /// The source's own columns for this image (a manifest's other columns).
     pub extra: Vec<(String, crate::record::Extra)>,
+    /// Where the image's bytes lie inside `path` when it is a container (a tar
+    /// member of a WebDataset shard); None: `path` is the image file.
+    pub member: Option<Member>,
+}
+
+/// An image stored inside a container file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    /// Byte offset of the data in the container.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The member's extension (a decoding hint, like a file's).
+    pub ext: String,
 }
 
 /// What the walk found.
@@ -193,6 +207,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
                     size: e.metadata().map(|m| m.len()).unwrap_or(0),
                     problem,
                     extra: vec![],
+                    member: None,
                 });
             }
             Err(err) => handle_walk_error(root, &mut ds, err),
@@ -215,6 +230,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
                     target.display()
                 )),
                 extra: vec![],
+                member: None,
             });
         } else {
             if is_dir && rel.components().count() == 1 {
@@ -320,6 +336,7 @@ fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
             size: 0,
             problem: Some(what),
             extra: vec![],
+            member: None,
         });
     } else if dangling {
         ds.warnings
@@ -341,7 +358,7 @@ impl Dataset {
             h.update([0]);
             h.update(e.size.to_le_bytes());
             // A folder's labels and nothing else are in its paths; a manifest's are not.
-            if self.source == "manifest" {
+            if self.source != "folder" {
                 h.update(e.class.as_bytes());
                 h.update([0]);
                 for (k, v) in &e.extra {

@@ -220,3 +220,56 @@ fn compare_fails_on_a_damaged_site_while_the_overall_drop_is_allowed() {
         .unwrap();
     assert_eq!(a["regressed"], false, "{a}");
 }
+
+#[test]
+fn webdataset_shards_score_like_the_folder_without_unpacking() {
+    let t = tempdir();
+    let folder = t.path().join("folder");
+    let shards = t.path().join("wds");
+    score(
+        &util::fixtures().join("digits/test"),
+        &folder,
+        &["--no-report"],
+    );
+    // A folder of shards written by webdataset's ShardWriter (KEY.png + KEY.cls),
+    // recognised as such; class ids map through the model's labels.
+    score(
+        &util::fixtures().join("digits/wds"),
+        &shards,
+        &["--no-report"],
+    );
+    let a = read_parquet(&folder.join("predictions.parquet")).unwrap();
+    let b = read_parquet(&shards.join("predictions.parquet")).unwrap();
+    assert_eq!(a.len(), b.len());
+    // Same image (by content) -> same prediction: SHARD#<class>_<stem> is <class>/<stem>.png.
+    let by_key: std::collections::BTreeMap<String, &Row> = b
+        .iter()
+        .map(|r| {
+            let key = r.path.split_once('#').unwrap().1;
+            (format!("{}.png", key.replacen('_', "/", 1)), r)
+        })
+        .collect();
+    for r in &a {
+        let w = by_key[&r.path];
+        assert_eq!(
+            (&w.label, w.label_id, w.pred_id, &w.topk_ids, w.score),
+            (&r.label, r.label_id, r.pred_id, &r.topk_ids, r.score),
+            "{} vs {}",
+            r.path,
+            w.path
+        );
+    }
+    assert!(
+        b[0].path.starts_with("digits-test-000000.tar#"),
+        "{}",
+        b[0].path
+    );
+    let (ma, mb) = (
+        read_json(&folder.join("metrics.json")),
+        read_json(&shards.join("metrics.json")),
+    );
+    for key in ["counts", "top1", "topk", "per_class", "confusion"] {
+        assert_eq!(ma[key], mb[key], "{key}");
+    }
+    assert_eq!(mb["run"]["dataset_format"], "wds");
+}
