@@ -59,43 +59,15 @@ impl ModelBundle {
             if cfg_path.is_file() {
                 let text =
                     std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::Model {
-                        what: format!("{}: not valid JSON: {e}", cfg_path.display()),
-                    })?;
-                if let Some(map) = v.get("id2label").and_then(|m| m.as_object()) {
-                    let m: BTreeMap<String, String> = map
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| v.to_string()),
-                            )
-                        })
-                        .collect();
-                    labels =
-                        Some(
-                            crate::vit::labels_from_id2label(&m).map_err(|e| Error::Model {
-                                what: format!("{}: {e}", cfg_path.display()),
-                            })?,
-                        );
-                }
-                patch_size = v
-                    .get("patch_size")
-                    .and_then(|p| p.as_u64())
-                    .map(|p| p as usize);
-                if let Some(map) = v.get("label2id").and_then(|m| m.as_object()) {
-                    for (k, v) in map {
-                        if let Some(i) = v
-                            .as_u64()
-                            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                        {
-                            label2id.insert(k.clone(), i as usize);
+                let cfg =
+                    crate::preprocess::model_config::parse_model_config(&text).map_err(|e| {
+                        Error::Model {
+                            what: format!("{}: {e}", cfg_path.display()),
                         }
-                    }
-                }
+                    })?;
+                labels = cfg.labels;
+                label2id = cfg.label2id;
+                patch_size = cfg.patch_size;
             }
             let pp = dir.join("preprocessor_config.json");
             if pp.is_file() {

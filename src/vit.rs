@@ -298,19 +298,8 @@ pub fn init_weights(cfg: &VitConfig, seed: u64) -> BTreeMap<String, InitTensor> 
 
 /// Class names ordered by id from an `id2label` map with keys "0".."C-1".
 pub fn labels_from_id2label(map: &BTreeMap<String, String>) -> Result<Vec<String>> {
-    let mut out = vec![None; map.len()];
-    for (k, v) in map {
-        let i: usize = k.parse().map_err(|_| Error::Config {
-            what: format!("id2label key '{k}' is not a class index"),
-        })?;
-        if i >= out.len() || out[i].is_some() {
-            return Err(Error::Config {
-                what: format!("id2label ids must be exactly 0..{}; found '{k}'", map.len()),
-            });
-        }
-        out[i] = Some(v.clone());
-    }
-    Ok(out.into_iter().map(|v| v.expect("filled")).collect())
+    crate::preprocess::model_config::labels_from_id2label(map)
+        .map_err(|what| Error::Config { what })
 }
 
 #[cfg(test)]

@@ -569,6 +569,8 @@ fn center_crop(img: &image::RgbImage, ch: u32, cw: u32) -> image::RgbImage {
 /// The fuzz harness (`fuzz/`), here so that the regression test replaying its finds
 /// (`tests/fuzz_regressions.rs`) runs exactly the same checks.
 #[doc(hidden)]
+pub mod model_config;
+
 pub mod fuzzing {
     use super::*;
 
@@ -600,6 +602,26 @@ pub mod fuzzing {
     /// (fuzz target `preprocessor_config`). Invariants: no panic; an accepted config
     /// has an output of at least 1x1, and (when its sizes are small enough to try)
     /// turns a small image into a finite tensor of its own size.
+    /// The `config.json` harness: any text either parses or is refused with a
+    /// message; what parses is self-consistent.
+    pub fn check_model_config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        if let Ok(c) = crate::model_config::parse_model_config(text) {
+            if let Some(l) = &c.labels {
+                let n = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("id2label")
+                            .and_then(|m| m.as_object())
+                            .map(|m| m.len())
+                    });
+                assert_eq!(Some(l.len()), n, "one label per id2label entry");
+            }
+        }
+    }
+
     pub fn check_config(data: &[u8]) {
         let Ok(text) = std::str::from_utf8(data) else {
             return;

@@ -74,3 +74,16 @@ fn fuzz_seeds_are_valid_images() {
         assert!(out.iter().all(|v| v.is_finite()), "{}", path.display());
     }
 }
+
+#[test]
+fn model_config_fuzz_seeds_parse_and_hold_the_harness() {
+    for (path, data) in inputs("seeds-model-config") {
+        let text = std::str::from_utf8(&data).unwrap();
+        if let Err(e) = vit_batch_preprocess::model_config::parse_model_config(text) {
+            panic!("{}: {e}", path.display());
+        }
+        let outcome =
+            std::panic::catch_unwind(|| vit_batch_preprocess::fuzzing::check_model_config(&data));
+        assert!(outcome.is_ok(), "{}", path.display());
+    }
+}
