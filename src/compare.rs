@@ -921,13 +921,7 @@ fn slices_gate(slices: &[SliceDelta], columns: &[String], opts: &CompareOptions)
     let name = |s: &SliceDelta| format!("{}={}", s.column, s.value);
     Gate {
         name: "slices".into(),
-        verdict: if gated.is_empty() {
-            Verdict::Skipped
-        } else if regressed.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
+        verdict: gated_verdict(gated.len(), regressed.len()),
         threshold: format!(
             "per-slice top-1 drop ≤ {:.2} pp and McNemar not significant (slices with ≥ {} images)",
             opts.max_slice_drop_pp, opts.min_class_support
@@ -973,6 +967,16 @@ fn slices_gate(slices: &[SliceDelta], columns: &[String], opts: &CompareOptions)
     }
 }
 
+/// The verdict of a gate over groups (classes, slices): skipped when none is gated,
+/// failed when any gated one regressed.
+fn gated_verdict(gated: usize, regressed: usize) -> Verdict {
+    match (gated, regressed) {
+        (0, _) => Verdict::Skipped,
+        (_, 0) => Verdict::Pass,
+        _ => Verdict::Fail,
+    }
+}
+
 /// Gate 1, `accuracy`: the top-1 accuracy drop.
 fn accuracy_gate(a: &Accuracy, opts: &CompareOptions) -> Gate {
     let fail = a.drop_pp > opts.max_accuracy_drop_pp + EPS;
@@ -1008,13 +1012,7 @@ fn class_recall_gate(per_class: &[ClassDelta], opts: &CompareOptions) -> Gate {
         .max_by(|a, b| a.drop_pp.total_cmp(&b.drop_pp).then(b.class.cmp(&a.class)));
     Gate {
         name: "class_recall".into(),
-        verdict: if gated.is_empty() {
-            Verdict::Skipped
-        } else if regressed.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
+        verdict: gated_verdict(gated.len(), regressed.len()),
         threshold: format!(
             "per-class recall drop ≤ {:.2} pp (classes with ≥ {} images)",
             opts.max_class_recall_drop_pp, opts.min_class_support

@@ -103,11 +103,7 @@ pub(crate) fn read(manifest: &Path, spec: &ManifestSpec) -> Result<Dataset> {
     if ds.entries.is_empty() {
         return Err(bad(manifest, "the manifest lists no image".to_string()));
     }
-    ds.entries
-        .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
-    ds.classes = ds.entries.iter().map(|e| e.class.clone()).collect();
-    ds.classes.sort();
-    ds.classes.dedup();
+    ds.sort_and_collect_classes();
     Ok(ds)
 }
 
@@ -134,9 +130,7 @@ pub(crate) fn resolve_label_ids(ds: &mut Dataset, model_labels: &[String]) -> Re
             }
         }
     }
-    ds.classes = ds.entries.iter().map(|e| e.class.clone()).collect();
-    ds.classes.sort();
-    ds.classes.dedup();
+    ds.collect_classes();
     Ok(())
 }
 

@@ -239,7 +239,8 @@ pub fn compute(rows: &[Row], labels: &[String], k: usize, skipped: u64) -> Metri
 pub struct Accumulator {
     k: usize,
     slice_by: Vec<String>,
-    slices: std::collections::BTreeMap<(String, String), SliceAcc>,
+    /// (index into `slice_by`, value) -> counts.
+    slices: std::collections::BTreeMap<(usize, String), SliceAcc>,
     counts: Counts,
     cells: std::collections::BTreeMap<(usize, usize), u64>,
     top1: u64,
@@ -271,14 +272,14 @@ impl Accumulator {
     }
 
     fn add_to_slices(&mut self, r: &Row) {
-        for col in &self.slice_by {
+        for (ci, col) in self.slice_by.iter().enumerate() {
             let value = r
                 .extra
                 .iter()
                 .find(|(n, _)| n == col)
                 .map(|(_, v)| v.display())
                 .unwrap_or_default();
-            let s = self.slices.entry((col.clone(), value)).or_default();
+            let s = self.slices.entry((ci, value)).or_default();
             s.images += 1;
             let Some(t) = r.label_id else { continue };
             s.labeled += 1;
@@ -400,8 +401,8 @@ impl Accumulator {
         let slices = self
             .slices
             .iter()
-            .map(|((column, value), a)| SliceStats {
-                column: column.clone(),
+            .map(|((ci, value), a)| SliceStats {
+                column: self.slice_by[*ci].clone(),
                 value: value.clone(),
                 images: a.images,
                 labeled: a.labeled,

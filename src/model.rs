@@ -253,8 +253,9 @@ pub(crate) fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>> {
         .comment(Some(b'#'))
         .trim(csv::Trim::All)
         .from_reader(body);
-    let mut out = BTreeMap::new();
-    let mut first_line: BTreeMap<String, u64> = BTreeMap::new();
+    // folder -> (label, line it was mapped on)
+    let mut rows: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut first = true;
     for (i, rec) in reader.byte_records().enumerate() {
         let rec = rec.map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);
@@ -281,24 +282,21 @@ pub(crate) fn read_label_map(path: &Path) -> Result<BTreeMap<String, String>> {
             ));
         }
         let (folder, label) = (text(fields[0])?, text(fields[1])?);
-        if out.is_empty()
-            && first_line.is_empty()
+        let header = std::mem::replace(&mut first, false)
             && folder.eq_ignore_ascii_case("folder")
-            && label.eq_ignore_ascii_case("label")
-        {
-            first_line.insert(String::new(), line);
+            && label.eq_ignore_ascii_case("label");
+        if header {
             continue;
         }
-        if let Some(prev) = first_line.get(&folder) {
+        if let Some((_, prev)) = rows.get(&folder) {
             return Err(bad(
                 line,
                 format!("folder '{folder}' is mapped twice (first on line {prev})"),
             ));
         }
-        first_line.insert(folder.clone(), line);
-        out.insert(folder, label);
+        rows.insert(folder, (label, line));
     }
-    Ok(out)
+    Ok(rows.into_iter().map(|(f, (l, _))| (f, l)).collect())
 }
 
 /// How each dataset class maps to a model class id.

@@ -384,6 +384,26 @@ impl Dataset {
             .collect();
     }
 
+    /// Sort the entries by path (byte order) and derive the class list from their
+    /// labels: how a list-kind source (manifest, WebDataset) finishes its dataset.
+    pub(crate) fn sort_and_collect_classes(&mut self) {
+        self.entries
+            .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+        self.collect_classes();
+    }
+
+    /// The sorted, distinct labels of the entries that have one.
+    pub(crate) fn collect_classes(&mut self) {
+        self.classes = self
+            .entries
+            .iter()
+            .filter(|e| !e.class.is_empty())
+            .map(|e| e.class.clone())
+            .collect();
+        self.classes.sort();
+        self.classes.dedup();
+    }
+
     /// Keep only the first `n` entries (`--limit`).
     pub(crate) fn limit(&mut self, n: usize) {
         self.entries.truncate(n);

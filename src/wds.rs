@@ -197,21 +197,12 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
             what: format!("no image sample in {}", arg.display()),
         });
     }
-    ds.entries
-        .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    ds.sort_and_collect_classes();
     if let Some(w) = ds.entries.windows(2).find(|w| w[0].rel == w[1].rel) {
         return Err(Error::Dataset {
             what: format!("two samples share the key {}", w[0].rel),
         });
     }
-    ds.classes = ds
-        .entries
-        .iter()
-        .filter(|e| e.problem.is_none())
-        .map(|e| e.class.clone())
-        .collect();
-    ds.classes.sort();
-    ds.classes.dedup();
     Ok(ds)
 }
 

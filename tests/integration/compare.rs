@@ -18,7 +18,7 @@ use vit_batch::export::{export, ExportOptions, ExportSource};
 use vit_batch::onnx::ModelProto;
 use vit_batch::record::{read_parquet, write_parquet, Row};
 
-use crate::util;
+use crate::util::{self, read_json};
 
 // ---------------------------------------------------------------------------
 // (a) McNemar vs statsmodels
@@ -161,18 +161,7 @@ pub fn swap_head_classes(src: &Path, dst: &Path, a: usize, b: usize) {
 
 /// `vit-batch score DATA --model MODEL --out OUT`, asserting success.
 pub fn score(data: &Path, model: &Path, out: &Path) {
-    let o = util::bin()
-        .args(["score"])
-        .arg(data)
-        .arg("--model")
-        .arg(model)
-        .arg("--out")
-        .arg(out)
-        .args(["--quiet", "--threads", "2", "--overwrite"])
-        .output()
-        .unwrap();
-    util::assert_no_panic(&o);
-    assert!(o.status.success(), "score failed: {}", util::stderr(&o));
+    util::score_ok(data, model, out, &["--threads", "2", "--overwrite"]);
 }
 
 fn digits_test() -> PathBuf {
@@ -244,10 +233,6 @@ pub fn compare_cmd(base: &Path, cand: &Path, extra: &[&str]) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn paths(v: &serde_json::Value) -> BTreeSet<String> {

@@ -6,31 +6,14 @@ use std::path::Path;
 
 use vit_batch::record::{read_parquet, Extra, Row};
 
-use crate::util::{self, run, stderr, tempdir};
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
+use crate::util::{self, read_json, run, stderr, tempdir};
 
 fn model() -> std::path::PathBuf {
     util::fixtures().join("models/vit-digits")
 }
 
 fn score(data: &Path, out: &Path, extra: &[&str]) {
-    let model = model();
-    let mut a = vec![
-        "score",
-        data.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ];
-    a.extend(extra);
-    let o = run(&a);
-    util::assert_no_panic(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    util::score_ok(data, &model(), out, extra);
 }
 
 fn without_extra(rows: &[Row]) -> Vec<Row> {

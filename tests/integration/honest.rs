@@ -1,14 +1,8 @@
 //! No silent wrong numbers: each way a run could end with exit 0 and a number that
 //! looks fine but is not what it seems, on the real binary and real files.
 
-use std::path::Path;
-
 use crate::score::{digit_label_map, micro_model, score_args, small_dataset};
-use crate::util::{self, run, stderr, tempdir};
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
+use crate::util::{self, read_json, run, stderr, tempdir};
 
 /// `args` plus `extra`, as owned strings.
 fn with(args: &[&str], extra: &[&str]) -> Vec<String> {

@@ -170,3 +170,25 @@ pub fn ort_session(
     .unwrap();
     (s, vit_batch::preprocess::Preprocessor::new(cfg).unwrap())
 }
+
+/// A JSON file, parsed.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// `vit-batch score DATA --model MODEL --out OUT --quiet EXTRA...`, asserting success.
+pub fn score_ok(data: &Path, model: &Path, out: &Path, extra: &[&str]) {
+    let o = bin()
+        .arg("score")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra)
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    assert!(o.status.success(), "score failed: {}", stderr(&o));
+}
