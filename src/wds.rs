@@ -212,21 +212,7 @@ pub(crate) fn read_member(
     m: &Member,
     max: u64,
 ) -> std::result::Result<Vec<u8>, String> {
-    use std::os::unix::fs::FileExt;
-    if m.len > max {
-        return Err(format!(
-            "member is {} bytes, above the limit of {max} bytes (--max-file-bytes); not read",
-            m.len
-        ));
-    }
-    let f = std::fs::File::open(shard).map_err(|e| format!("cannot read shard: {e}"))?;
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(m.len as usize)
-        .map_err(|_| format!("cannot allocate {} bytes", m.len))?;
-    buf.resize(m.len as usize, 0);
-    f.read_exact_at(&mut buf, m.offset)
-        .map_err(|e| format!("cannot read the member from the shard: {e}"))?;
-    Ok(buf)
+    crate::preprocess::read_range_bounded(shard, m.offset, m.len, max)
 }
 
 #[cfg(test)]

@@ -497,6 +497,34 @@ impl Preprocessor {
     }
 }
 
+fn too_large(what: &str, n: u64, max: u64) -> String {
+    format!("{what} is {n} bytes, above the limit of {max} bytes (--max-file-bytes); not read")
+}
+
+/// An empty buffer with room for `len` bytes, or why not (over `max`, or out of memory).
+fn bounded_buffer(what: &str, len: u64, max: u64) -> Result<Vec<u8>, String> {
+    if len > max {
+        return Err(too_large(what, len, max));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|_| format!("cannot allocate {len} bytes to read the {what}"))?;
+    Ok(bytes)
+}
+
+/// Read `len` bytes at `offset` of `path` (an image stored inside a container file),
+/// unless `len` is above `max` bytes.
+pub fn read_range_bounded(path: &Path, offset: u64, len: u64, max: u64) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = bounded_buffer("member", len, max)?;
+    buf.resize(len as usize, 0);
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| format!("cannot read {len} bytes at offset {offset}: {e}"))?;
+    Ok(buf)
+}
+
 /// Read `path` whole, unless its metadata says it is larger than `max` bytes (then it
 /// is not read at all). The read itself is capped at `max + 1` bytes, so a file that
 /// grows while being read cannot make it unbounded; the buffer is reserved
@@ -508,16 +536,8 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
         .metadata()
         .map_err(|e| format!("cannot read file: {e}"))?
         .len();
-    let too_large = |n: u64| {
-        format!("file is {n} bytes, above the limit of {max} bytes (--max-file-bytes); not read")
-    };
-    if len > max {
-        return Err(too_large(len));
-    }
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(len as usize)
-        .map_err(|_| format!("cannot allocate {len} bytes to read the file"))?;
+    let too_large = |n: u64| too_large("file", n, max);
+    let mut bytes = bounded_buffer("file", len, max)?;
     f.take(max.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read file: {e}"))?;
