@@ -9,6 +9,7 @@ pub mod compare;
 pub mod error;
 pub mod export;
 pub mod fs;
+pub(crate) mod hf;
 pub mod infer;
 pub(crate) mod manifest;
 pub mod merge;

@@ -260,36 +260,7 @@ fn read_parquet(manifest: &Path, spec: &ManifestSpec) -> Result<Vec<Listed>> {
         if name == spec.path_column || name == spec.label_column {
             continue;
         }
-        let dt = c.dtype().clone();
-        let vals: Vec<Extra> = if dt.is_bool() {
-            c.bool()?
-                .iter()
-                .map(|v| v.map_or(Extra::Null, Extra::Bool))
-                .collect()
-        } else if dt.is_integer() {
-            c.cast(&DataType::Int64)?
-                .i64()?
-                .iter()
-                .map(|v| v.map_or(Extra::Null, Extra::Int))
-                .collect()
-        } else if dt.is_float() {
-            c.cast(&DataType::Float64)?
-                .f64()?
-                .iter()
-                .map(|v| v.map_or(Extra::Null, Extra::Float))
-                .collect()
-        } else {
-            let s = c.cast(&DataType::String).map_err(|e| {
-                bad(
-                    manifest,
-                    format!("column '{name}' of type {dt} cannot be carried as text: {e}"),
-                )
-            })?;
-            s.str()?
-                .iter()
-                .map(|v| v.map_or(Extra::Null, |x| Extra::Str(x.to_string())))
-                .collect()
-        };
+        let vals = extras_of(c).map_err(|e| bad(manifest, e))?;
         carried.push((name, vals));
     }
     let mut out = Vec::with_capacity(df.height());
@@ -312,6 +283,46 @@ fn read_parquet(manifest: &Path, spec: &ManifestSpec) -> Result<Vec<Listed>> {
         });
     }
     Ok(out)
+}
+
+/// A column's values as carried values, with the column's type (booleans, integers,
+/// floats; anything else as text), or why it cannot be carried.
+pub(crate) fn extras_of(c: &Column) -> std::result::Result<Vec<Extra>, String> {
+    let name = c.name().to_string();
+    let dt = c.dtype().clone();
+    let e = |e: PolarsError| e.to_string();
+    Ok(if dt.is_bool() {
+        c.bool()
+            .map_err(e)?
+            .iter()
+            .map(|v| v.map_or(Extra::Null, Extra::Bool))
+            .collect()
+    } else if dt.is_integer() {
+        c.cast(&DataType::Int64)
+            .map_err(e)?
+            .i64()
+            .map_err(e)?
+            .iter()
+            .map(|v| v.map_or(Extra::Null, Extra::Int))
+            .collect()
+    } else if dt.is_float() {
+        c.cast(&DataType::Float64)
+            .map_err(e)?
+            .f64()
+            .map_err(e)?
+            .iter()
+            .map(|v| v.map_or(Extra::Null, Extra::Float))
+            .collect()
+    } else {
+        let s = c
+            .cast(&DataType::String)
+            .map_err(|e| format!("column '{name}' of type {dt} cannot be carried as text: {e}"))?;
+        s.str()
+            .map_err(e)?
+            .iter()
+            .map(|v| v.map_or(Extra::Null, |x| Extra::Str(x.to_string())))
+            .collect()
+    })
 }
 
 #[cfg(test)]

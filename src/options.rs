@@ -223,6 +223,23 @@ pub enum DatasetFormat {
     Manifest,
     /// WebDataset shards: a `.tar` file or a folder of them, read in place.
     Wds,
+    /// Hugging Face `datasets` Parquet: a `.parquet` file, a folder of them or a glob;
+    /// the image in a struct<bytes, path> column, class names from the file's metadata.
+    #[value(name = "hf-parquet")]
+    #[serde(rename = "hf-parquet")]
+    HfParquet,
+}
+
+impl DatasetFormat {
+    /// The name the `format` option takes (and run.json records).
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetFormat::Folder => "folder",
+            DatasetFormat::Manifest => "manifest",
+            DatasetFormat::Wds => "wds",
+            DatasetFormat::HfParquet => "hf-parquet",
+        }
+    }
 }
 
 /// Where `score` takes its preprocessing from.
@@ -272,8 +289,9 @@ pub struct ScoreOptions {
     /// Output run folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// How to read DATA_DIR (default: a folder is a folder, a .csv or .parquet file a
-    /// manifest).
+    /// How to read DATA_DIR (default: by what it is: a folder of class folders, a .tar
+    /// or folder of them, a Hugging Face .parquet (or folder or glob of them), else a
+    /// .csv or .parquet manifest).
     #[arg(long = "format", value_enum)]
     #[serde(default)]
     pub format: Option<DatasetFormat>,
@@ -281,7 +299,8 @@ pub struct ScoreOptions {
     #[arg(long, default_value = "path")]
     #[serde(default = "defaults::path_column")]
     pub path_column: String,
-    /// Manifest column holding each image's label (a class name or a model class id).
+    /// Manifest or Hugging Face Parquet column holding each image's label (a class name
+    /// or a class id).
     #[arg(long, default_value = "label")]
     #[serde(default = "defaults::label_column")]
     pub label_column: String,
@@ -290,7 +309,8 @@ pub struct ScoreOptions {
     #[arg(long)]
     #[serde(default)]
     pub root: Option<PathBuf>,
-    /// Also compute the metrics per value of these manifest columns (comma-separated).
+    /// Also compute the metrics per value of these carried columns (manifest or Parquet
+    /// columns, WebDataset JSON keys; comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "COLUMN[,COLUMN]")]
     #[serde(default)]
     pub slice_by: Vec<String>,
@@ -487,6 +507,8 @@ impl ScoreOptions {
         self.format
             .unwrap_or(if crate::wds::looks_like_wds(&self.data_dir) {
                 DatasetFormat::Wds
+            } else if crate::hf::looks_like_hf(&self.data_dir) {
+                DatasetFormat::HfParquet
             } else if self.data_dir.is_file() {
                 DatasetFormat::Manifest
             } else {
@@ -548,19 +570,35 @@ impl ScoreOptions {
         if let Some(r) = &self.root {
             local_path("root", r)?;
         }
-        if self.dataset_format() != DatasetFormat::Manifest {
-            for (name, set) in [
-                ("root", self.root.is_some()),
-                ("slice_by", !self.slice_by.is_empty()),
-                ("path_column", self.path_column != defaults::path_column()),
-                (
-                    "label_column",
-                    self.label_column != defaults::label_column(),
-                ),
-            ] {
-                if set {
-                    return Err(invalid(name, "applies to a manifest dataset only"));
-                }
+        let format = self.dataset_format();
+        for (name, set, allowed) in [
+            ("root", self.root.is_some(), &[DatasetFormat::Manifest][..]),
+            (
+                "path_column",
+                self.path_column != defaults::path_column(),
+                &[DatasetFormat::Manifest],
+            ),
+            (
+                "label_column",
+                self.label_column != defaults::label_column(),
+                &[DatasetFormat::Manifest, DatasetFormat::HfParquet],
+            ),
+            (
+                "slice_by",
+                !self.slice_by.is_empty(),
+                &[
+                    DatasetFormat::Manifest,
+                    DatasetFormat::HfParquet,
+                    DatasetFormat::Wds,
+                ],
+            ),
+        ] {
+            if set && !allowed.contains(&format) {
+                let names: Vec<&str> = allowed.iter().map(|f| f.name()).collect();
+                return Err(invalid(
+                    name,
+                    format!("applies to a {} dataset only", names.join(" or ")),
+                ));
             }
         }
         local_path("out", &self.out)?;

@@ -20,7 +20,7 @@ use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::progress::Progress;
 use crate::record::{Parts, Row, Status};
 use crate::run::{self, IdentityScope, RunIdentity, RunInfo, Throughput};
-use crate::walk::{self, Dataset, Entry};
+use crate::walk::{self, Dataset, Entry, Member};
 
 /// Result of a finished run.
 pub struct ScoreOutcome {
@@ -106,6 +106,11 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             crate::manifest::resolve_label_ids(&mut ds, &labels)?;
             ds
         }
+        crate::options::DatasetFormat::HfParquet => {
+            let mut ds = crate::hf::read(&opts.data_dir, &opts.label_column)?;
+            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
+            ds
+        }
     };
     if let Some(first) = dataset.entries.first() {
         let carried: Vec<&str> = first.extra.iter().map(|(n, _)| n.as_str()).collect();
@@ -114,7 +119,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
                 return Err(Error::InvalidOption {
                     option: "slice_by",
                     what: format!(
-                        "'{c}' is not a column of the manifest (its other columns: {})",
+                        "'{c}' is not a carried column of the dataset (its carried columns: {})",
                         if carried.is_empty() {
                             "none".to_string()
                         } else {
@@ -369,8 +374,20 @@ fn preprocess_batch(
     entries: &[Entry],
     start: usize,
     mut buf: Vec<f32>,
+    row_groups: &mut crate::hf::RowGroupCache,
 ) -> Result<Batch> {
     let per = pre.tensor_len();
+    // Images inside Parquet row groups are fetched here, in order, before the
+    // parallel decode: one row group is read once for all its rows in the batch.
+    let fetched: Vec<Option<std::result::Result<Vec<u8>, String>>> = entries
+        .iter()
+        .map(|e| match &e.member {
+            Some(Member::ParquetRow { group, row, .. }) if e.problem.is_none() => {
+                Some(row_groups.image(&e.path, *group, *row, pre.max_file_bytes))
+            }
+            _ => None,
+        })
+        .collect();
     buf.clear();
     let len = per * entries.len();
     buf.try_reserve_exact(len).map_err(|_| Error::Output {
@@ -384,16 +401,22 @@ fn preprocess_batch(
     buf.resize(len, 0.0);
     let results: Vec<std::result::Result<Option<String>, String>> = buf
         .par_chunks_mut(per)
-        .zip(entries.par_iter())
-        .map(|(slot, e)| {
+        .zip(entries.par_iter().zip(fetched.into_par_iter()))
+        .map(|(slot, (e, fetched))| {
             if let Some(p) = &e.problem {
                 return Err(p.clone());
             }
+            let hint = |ext: &str| Some(ext).filter(|x| !x.is_empty()).map(str::to_string);
             // A panic in a decoder must not take the run down: it becomes this row's error.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &e.member {
                 None => pre.process_file(&e.path, slot),
-                Some(m) => crate::wds::read_member(&e.path, m, pre.max_file_bytes)
-                    .and_then(|bytes| pre.process_bytes(&bytes, Some(&m.ext), slot)),
+                Some(Member::Tar { offset, len, ext }) => {
+                    crate::wds::read_member(&e.path, *offset, *len, pre.max_file_bytes)
+                        .and_then(|bytes| pre.process_bytes(&bytes, hint(ext).as_deref(), slot))
+                }
+                Some(Member::ParquetRow { ext, .. }) => fetched
+                    .unwrap_or_else(|| Err("the row's image was not fetched".into()))
+                    .and_then(|bytes| pre.process_bytes(&bytes, hint(ext).as_deref(), slot)),
             })) {
                 Ok(r) => r,
                 Err(_) => Err("decoder crashed on this file (internal panic caught)".into()),
@@ -726,11 +749,14 @@ fn score_parts(
         let pre = &*pre;
         let pool = &pool;
         scope.spawn(move || {
+            // Parquet rows' images, one row group at a time (see hf::RowGroupCache).
+            let mut row_groups = crate::hf::RowGroupCache::default();
             for &(a, b) in todo {
                 for s in (a..b).step_by(bs) {
                     let e = (s + bs).min(b);
                     let buf = recycle_rx.try_recv().unwrap_or_default();
-                    let batch = pool.install(|| preprocess_batch(pre, &entries[s..e], s, buf));
+                    let batch = pool
+                        .install(|| preprocess_batch(pre, &entries[s..e], s, buf, &mut row_groups));
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;

@@ -40,15 +40,19 @@ pub(crate) struct Entry {
     pub member: Option<Member>,
 }
 
-/// An image stored inside a container file.
+/// Where an image's bytes lie inside a container file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Member {
-    /// Byte offset of the data in the container.
-    pub offset: u64,
-    /// Its length in bytes.
-    pub len: u64,
-    /// The member's extension (a decoding hint, like a file's).
-    pub ext: String,
+pub(crate) enum Member {
+    /// A tar member (WebDataset): its data's byte offset and length, and its extension
+    /// (a decoding hint, like a file's).
+    Tar { offset: u64, len: u64, ext: String },
+    /// Row `row` of row group `group` of a Parquet file's image column (Hugging Face
+    /// datasets); `ext` is the extension of the image's own path, or empty.
+    ParquetRow {
+        group: usize,
+        row: usize,
+        ext: String,
+    },
 }
 
 /// What the walk found.
@@ -66,7 +70,8 @@ pub(crate) struct Dataset {
     pub warnings: Vec<String>,
     /// Symbolic links leading outside the root that were not followed.
     pub links_not_followed: u64,
-    /// Where the list came from: "folder" (this walk) or "manifest".
+    /// Where the list came from: "folder" (this walk), "manifest", "wds" or
+    /// "hf-parquet".
     pub source: &'static str,
 }
 
@@ -402,6 +407,71 @@ impl Dataset {
             .collect();
         self.classes.sort();
         self.classes.dedup();
+    }
+
+    /// Give every entry the same carried columns, in the same order, each of one type:
+    /// the columns are the union over the entries (in order of first appearance; a
+    /// missing value is null), and a column whose values mix types becomes float (ints
+    /// and floats) or text (anything else). Sources whose rows may differ (several
+    /// Parquet files, WebDataset JSON) call it, so the predictions table has one schema.
+    pub(crate) fn normalize_extras(&mut self) {
+        use crate::record::Extra;
+        let mut names: Vec<String> = vec![];
+        let mut kinds: Vec<u8> = vec![];
+        for e in &self.entries {
+            for (n, v) in &e.extra {
+                let k = match v {
+                    Extra::Null => 0,
+                    Extra::Bool(_) => 1,
+                    Extra::Int(_) => 2,
+                    Extra::Float(_) => 3,
+                    Extra::Str(_) => 4,
+                };
+                let j = match names.iter().position(|x| x == n) {
+                    Some(j) => j,
+                    None => {
+                        names.push(n.clone());
+                        kinds.push(0);
+                        names.len() - 1
+                    }
+                };
+                kinds[j] = match (kinds[j], k) {
+                    (a, 0) => a,
+                    (0, b) => b,
+                    (a, b) if a == b => a,
+                    (2, 3) | (3, 2) => 3,
+                    _ => 4,
+                };
+            }
+        }
+        for e in &mut self.entries {
+            let same = e.extra.len() == names.len()
+                && e.extra.iter().zip(&names).all(|((n, _), m)| n == m);
+            let mut old = std::mem::take(&mut e.extra);
+            e.extra = names
+                .iter()
+                .zip(&kinds)
+                .enumerate()
+                .map(|(j, (n, &k))| {
+                    let v = if same {
+                        std::mem::replace(&mut old[j].1, Extra::Null)
+                    } else {
+                        old.iter_mut()
+                            .find(|(m, _)| m == n)
+                            .map(|(_, v)| std::mem::replace(v, Extra::Null))
+                            .unwrap_or(Extra::Null)
+                    };
+                    let v = match (k, v) {
+                        (_, Extra::Null) => Extra::Null,
+                        (3, Extra::Int(i)) => Extra::Float(i as f64),
+                        (4, v @ Extra::Str(_)) => v,
+                        (4, v) => Extra::Str(v.display()),
+                        (_, v) => v,
+                    };
+                    (n.clone(), v)
+                })
+                .collect();
+        }
     }
 
     /// Keep only the first `n` entries (`--limit`).

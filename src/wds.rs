@@ -19,6 +19,8 @@ use crate::walk::{Dataset, Entry, Member};
 const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Label members larger than this are not a label.
 const MAX_LABEL_BYTES: u64 = 4096;
+/// `KEY.json` (a label and metadata) larger than this is not read.
+const MAX_JSON_BYTES: u64 = 1 << 20;
 
 /// The shards named by `arg`: one `.tar` file, or every `*.tar` in a folder, sorted.
 pub(crate) fn shards(arg: &Path) -> Result<Vec<PathBuf>> {
@@ -66,7 +68,36 @@ pub(crate) fn looks_like_wds(arg: &Path) -> bool {
 struct Sample {
     image: Option<(String, u64, u64)>,
     label: Option<String>,
+    /// Which member gave the label (its rank in cls, txt, json).
+    label_rank: usize,
     label_problem: Option<String>,
+    /// The other keys of `KEY.json`, carried as columns.
+    meta: Vec<(String, crate::record::Extra)>,
+}
+
+/// The keys of a `KEY.json` object other than `label`, as carried values (numbers,
+/// booleans, text; arrays and objects as their JSON text).
+fn json_meta(text: &str) -> Vec<(String, crate::record::Extra)> {
+    use crate::record::Extra;
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return vec![];
+    };
+    m.into_iter()
+        .filter(|(k, _)| k != "label")
+        .map(|(k, v)| {
+            let x = match v {
+                serde_json::Value::Null => Extra::Null,
+                serde_json::Value::Bool(b) => Extra::Bool(b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => Extra::Int(i),
+                    None => Extra::Float(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                serde_json::Value::String(s) => Extra::Str(s),
+                other => Extra::Str(other.to_string()),
+            };
+            (k, x)
+        })
+        .collect()
 }
 
 fn label_from(ext: &str, text: &str) -> std::result::Result<String, String> {
@@ -144,24 +175,45 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
                     s.image = Some((ext, m.raw_file_position(), size));
                 }
             } else if matches!(ext.as_str(), "cls" | "txt" | "json") {
-                let rank = |e: &str| ["cls", "txt", "json"].iter().position(|x| *x == e);
-                if s.label.is_some() && rank(&ext) > Some(0) {
+                let rank = ["cls", "txt", "json"]
+                    .iter()
+                    .position(|x| *x == ext)
+                    .expect("one of three");
+                // JSON is read for its metadata even when a better label member exists.
+                if s.label.is_some() && rank > s.label_rank && ext != "json" {
                     continue;
                 }
-                if size > MAX_LABEL_BYTES {
+                let limit = if ext == "json" {
+                    MAX_JSON_BYTES
+                } else {
+                    MAX_LABEL_BYTES
+                };
+                if size > limit {
                     s.label_problem = Some(format!("label member {path} is {size} bytes"));
                     continue;
                 }
                 let mut text = String::new();
-                match m.read_to_string(&mut text) {
-                    Ok(_) => match label_from(&ext, &text) {
-                        Ok(l) => {
-                            s.label = Some(l);
-                            s.label_problem = None;
+                if let Err(e) = m.read_to_string(&mut text) {
+                    s.label_problem = Some(format!("cannot read {path}: {e}"));
+                    continue;
+                }
+                if ext == "json" {
+                    s.meta = json_meta(&text);
+                }
+                if s.label.is_some() && rank > s.label_rank {
+                    continue;
+                }
+                match label_from(&ext, &text) {
+                    Ok(l) => {
+                        s.label = Some(l);
+                        s.label_rank = rank;
+                        s.label_problem = None;
+                    }
+                    Err(e) => {
+                        if s.label.is_none() {
+                            s.label_problem = Some(e);
                         }
-                        Err(e) => s.label_problem = Some(e),
-                    },
-                    Err(e) => s.label_problem = Some(format!("cannot read {path}: {e}")),
+                    }
                 }
             } else {
                 ds.skipped.push(format!("{name}#{path}"));
@@ -187,8 +239,8 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
                 class: s.label.unwrap_or_default(),
                 size: len,
                 problem,
-                extra: vec![],
-                member: Some(Member { offset, len, ext }),
+                extra: s.meta,
+                member: Some(Member::Tar { offset, len, ext }),
             });
         }
     }
@@ -197,6 +249,7 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
             what: format!("no image sample in {}", arg.display()),
         });
     }
+    ds.normalize_extras();
     ds.sort_and_collect_classes();
     if let Some(w) = ds.entries.windows(2).find(|w| w[0].rel == w[1].rel) {
         return Err(Error::Dataset {
@@ -209,10 +262,11 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
 /// The bytes of a tar member, read in place (at most `max` bytes, else an error).
 pub(crate) fn read_member(
     shard: &Path,
-    m: &Member,
+    offset: u64,
+    len: u64,
     max: u64,
 ) -> std::result::Result<Vec<u8>, String> {
-    crate::preprocess::read_range_bounded(shard, m.offset, m.len, max)
+    crate::preprocess::read_range_bounded(shard, offset, len, max)
 }
 
 #[cfg(test)]
@@ -234,7 +288,7 @@ mod tests {
         add("a.png", b"PNGDATA-A");
         add("a.cls", b"3\n");
         add("b.jpg", b"JPG-B");
-        add("b.json", br#"{"label": "cat"}"#);
+        add("b.json", br#"{"label": "cat", "site": "north", "n": 2}"#);
         add("c.png", b"C");
         add("d.cls", b"1");
         add("e.png", b"E");
@@ -246,6 +300,21 @@ mod tests {
         assert_eq!(rels, ["s.tar#a", "s.tar#b", "s.tar#c", "s.tar#e"]);
         assert_eq!(ds.entries[0].class, "3");
         assert_eq!(ds.entries[1].class, "cat");
+        // JSON keys other than the label are carried, the same columns on every sample.
+        use crate::record::Extra;
+        let col = |i: usize, k: &str| {
+            ds.entries[i]
+                .extra
+                .iter()
+                .find(|(n, _)| n == k)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(col(1, "site"), Extra::Str("north".into()));
+        assert_eq!(col(1, "n"), Extra::Int(2));
+        assert_eq!(col(0, "site"), Extra::Null);
+        assert!(ds.entries.iter().all(|e| e.extra.len() == 2));
         assert!(ds.entries[2]
             .problem
             .as_deref()
@@ -257,8 +326,10 @@ mod tests {
             .unwrap()
             .contains("not a class id"));
         assert_eq!(ds.skipped, vec!["s.tar#d"]);
-        let m = ds.entries[0].member.as_ref().unwrap();
-        assert_eq!(read_member(&p, m, 1 << 20).unwrap(), b"PNGDATA-A");
-        assert!(read_member(&p, m, 3).is_err());
+        let Some(Member::Tar { offset, len, .. }) = ds.entries[0].member.clone() else {
+            panic!("a tar member")
+        };
+        assert_eq!(read_member(&p, offset, len, 1 << 20).unwrap(), b"PNGDATA-A");
+        assert!(read_member(&p, offset, len, 3).is_err());
     }
 }

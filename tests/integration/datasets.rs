@@ -1,6 +1,8 @@
-//! Datasets kept as users keep them: a CSV manifest over the fixture images gives the
-//! same predictions and metrics as the folder run, carries its other columns into
-//! `predictions.parquet`, and slices the metrics; `compare` gates per slice.
+//! Datasets kept as users keep them: a CSV manifest over the fixture images, WebDataset
+//! shards and a Hugging Face `datasets` Parquet give the same predictions and metrics as
+//! the folder run, carry their other columns into `predictions.parquet`, and slice the
+//! metrics; `compare` gates per slice; `--shard`, `--resume` and `merge` work on every
+//! source; bad rows become error rows and bad files exit 2.
 
 use std::path::Path;
 
@@ -99,7 +101,7 @@ fn a_csv_manifest_scores_like_the_folder_and_slices_the_metrics() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(
-            "--slice-by: 'camera' is not a column of the manifest (its other columns: site)"
+            "--slice-by: 'camera' is not a carried column of the dataset (its carried columns: site)"
         ),
         "{}",
         stderr(&o)
@@ -255,4 +257,290 @@ fn webdataset_shards_score_like_the_folder_without_unpacking() {
         assert_eq!(ma[key], mb[key], "{key}");
     }
     assert_eq!(mb["run"]["dataset_format"], "wds");
+}
+
+/// Write a Parquet file as Hugging Face `datasets` does (`image` struct<bytes, path>,
+/// `label` int64 with ClassLabel names in the `huggingface` schema metadata, then
+/// `site`), with pyarrow from the project's venv. Each row: (image bytes or None,
+/// image path or None, label id, site).
+fn write_hf(
+    path: &Path,
+    rows: &[(Option<Vec<u8>>, Option<String>, i64, &str)],
+    row_group_size: usize,
+    with_label: bool,
+) {
+    let spec: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(b, p, l, s)| {
+            serde_json::json!({
+                "bytes": b.as_ref().map(hex::encode),
+                "path": p,
+                "label": l,
+                "site": s,
+            })
+        })
+        .collect();
+    let spec_file = path.with_extension("json");
+    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+out, spec, rg, with_label = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3]), sys.argv[4] == "1"
+image = pa.array(
+    [None if r["bytes"] is None and r["path"] is None else
+     {"bytes": None if r["bytes"] is None else bytes.fromhex(r["bytes"]), "path": r["path"]}
+     for r in spec],
+    type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+cols = {"image": image}
+features = {"image": {"_type": "Image"}}
+if with_label:
+    cols["label"] = pa.array([r["label"] for r in spec], type=pa.int64())
+    features["label"] = {"names": [str(i) for i in range(10)], "_type": "ClassLabel"}
+cols["site"] = pa.array([r["site"] for r in spec], type=pa.string())
+features["site"] = {"dtype": "string", "_type": "Value"}
+t = pa.table(cols).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+pq.write_table(t, out, row_group_size=rg)
+"#;
+    let o = std::process::Command::new(util::venv_python())
+        .args(["-c", script])
+        .arg(path)
+        .arg(&spec_file)
+        .arg(row_group_size.to_string())
+        .arg(if with_label { "1" } else { "0" })
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(spec_file).unwrap();
+}
+
+/// The fixture test images, sorted by `class/name`: (relative path, bytes, class id).
+fn test_images() -> Vec<(String, Vec<u8>, i64)> {
+    let test = util::fixtures().join("digits/test");
+    let mut v = vec![];
+    for c in 0..10 {
+        for e in std::fs::read_dir(test.join(c.to_string())).unwrap() {
+            let e = e.unwrap();
+            let rel = format!("{c}/{}", e.file_name().to_string_lossy());
+            v.push((rel, std::fs::read(e.path()).unwrap(), c as i64));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn hugging_face_parquet_scores_like_the_folder() {
+    let t = tempdir();
+    let folder = t.path().join("folder");
+    let hf = t.path().join("hf");
+    score(
+        &util::fixtures().join("digits/test"),
+        &folder,
+        &["--no-report"],
+    );
+    // The fixture written by `datasets` (Dataset.to_parquet), found by what it is.
+    score(
+        &util::fixtures().join("digits/hf"),
+        &hf,
+        &["--slice-by", "site"],
+    );
+    let a = read_parquet(&folder.join("predictions.parquet")).unwrap();
+    let b = read_parquet(&hf.join("predictions.parquet")).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (i, (r, w)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(w.path, format!("test-00000-of-00001.parquet#row={i:03}"));
+        // The image's own path is carried: the same image gets the same prediction.
+        assert_eq!(
+            w.extra[0],
+            ("image.path".into(), Extra::Str(r.path.clone()))
+        );
+        assert_eq!(w.extra[1].0, "site");
+        assert_eq!(
+            (
+                &w.label,
+                w.label_id,
+                w.pred_id,
+                &w.topk_ids,
+                w.score,
+                &w.status
+            ),
+            (
+                &r.label,
+                r.label_id,
+                r.pred_id,
+                &r.topk_ids,
+                r.score,
+                &r.status
+            ),
+            "{}",
+            r.path
+        );
+    }
+    let (ma, mb) = (
+        read_json(&folder.join("metrics.json")),
+        read_json(&hf.join("metrics.json")),
+    );
+    for key in [
+        "counts",
+        "top1",
+        "topk",
+        "per_class",
+        "confusion",
+        "calibration",
+    ] {
+        assert_eq!(ma[key], mb[key], "{key}");
+    }
+    assert_eq!(mb["run"]["dataset_format"], "hf-parquet");
+    let sites: Vec<&str> = mb["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(sites, ["A", "B", "C"]);
+    assert!(std::fs::read_to_string(hf.join("report.md"))
+        .unwrap()
+        .contains("| site | A |"));
+}
+
+#[test]
+fn hugging_face_parquet_bad_rows_become_error_rows_and_bad_files_exit_2() {
+    let t = tempdir();
+    let imgs = test_images();
+    let data = t.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    // 30 good rows in row groups of 7, then a null image, undecodable bytes, an
+    // unlabeled row (-1) and a label outside the ClassLabel names; a second file in a
+    // subfolder without image paths.
+    let mut rows: Vec<(Option<Vec<u8>>, Option<String>, i64, &str)> = imgs
+        .iter()
+        .step_by(12)
+        .map(|(p, b, c)| (Some(b.clone()), Some(p.clone()), *c, "A"))
+        .collect();
+    assert_eq!(rows.len(), 30);
+    rows.push((None, Some("x/null.png".into()), 3, "B"));
+    rows.push((
+        Some(b"not an image".to_vec()),
+        Some("x/junk.png".into()),
+        4,
+        "B",
+    ));
+    rows.push((Some(imgs[0].1.clone()), None, -1, "B"));
+    rows.push((Some(imgs[1].1.clone()), None, 12, "B"));
+    write_hf(&data.join("train-00000.parquet"), &rows, 7, true);
+    let more: Vec<_> = imgs[100..110]
+        .iter()
+        .map(|(_, b, c)| (Some(b.clone()), None, *c, "C"))
+        .collect();
+    write_hf(&data.join("sub/train-00001.parquet"), &more, 4, true);
+    let out = t.path().join("out");
+    score(&data, &out, &["--no-report", "--batch-size", "5"]);
+    let r = read_parquet(&out.join("predictions.parquet")).unwrap();
+    assert_eq!(r.len(), 44, "every row accounted for");
+    assert_eq!(r[0].path, "sub/train-00001.parquet#row=0");
+    assert_eq!(r[10].path, "train-00000.parquet#row=00");
+    let row = |p: &str| r.iter().find(|x| x.path == p).unwrap();
+    let err = |p: &str| {
+        let x = row(p);
+        assert_eq!(x.status, vit_batch::record::Status::Error, "{p}: {x:?}");
+        x.error.clone().unwrap()
+    };
+    assert!(err("train-00000.parquet#row=30").contains("image bytes are null"));
+    assert!(!err("train-00000.parquet#row=31").is_empty());
+    assert!(err("train-00000.parquet#row=32").contains("no label (-1)"));
+    assert!(err("train-00000.parquet#row=33").contains("not a class of the file's ClassLabel"));
+    // The 40 good rows (across 5 + 3 row groups) score as the same images do alone.
+    let ok: Vec<&Row> = r
+        .iter()
+        .filter(|x| x.status == vit_batch::record::Status::Ok)
+        .collect();
+    assert_eq!(ok.len(), 40);
+    let folder = t.path().join("folder");
+    score(
+        &util::fixtures().join("digits/test"),
+        &folder,
+        &["--no-report"],
+    );
+    let f = read_parquet(&folder.join("predictions.parquet")).unwrap();
+    let by_path: std::collections::BTreeMap<&str, &Row> =
+        f.iter().map(|x| (x.path.as_str(), x)).collect();
+    for (i, (p, _, _)) in imgs.iter().step_by(12).enumerate() {
+        let w = row(&format!("train-00000.parquet#row={i:02}"));
+        let x = by_path[p.as_str()];
+        assert_eq!(
+            (w.pred_id, w.score, &w.label),
+            (x.pred_id, x.score, &x.label),
+            "{p}"
+        );
+    }
+    // A glob names files too: the same rows of the top-level file.
+    let g = t.path().join("glob");
+    score(
+        Path::new(&format!("{}/train-*.parquet", data.display())),
+        &g,
+        &["--no-report", "--format", "hf-parquet"],
+    );
+    assert_eq!(
+        read_parquet(&g.join("predictions.parquet")).unwrap().len(),
+        34
+    );
+
+    // A file without a label column, or without an image column: exit 2, naming the
+    // columns it has, nothing written.
+    let nolabel = t.path().join("nolabel.parquet");
+    write_hf(&nolabel, &rows[..3], 7, false);
+    let o = run(&[
+        "score",
+        nolabel.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--out",
+        t.path().join("x").to_str().unwrap(),
+    ]);
+    util::assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no label column 'label' (columns: image (")
+            && stderr(&o).contains("site ("),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "score",
+        util::fixtures().join("digits/hf").to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--out",
+        t.path().join("y").to_str().unwrap(),
+        "--label-column",
+        "site",
+        "--format",
+        "hf-parquet",
+    ]);
+    // --label-column is honoured: the sites are taken for classes (and match none).
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dataset classes (3): A, B, C"),
+        "{}",
+        stderr(&o)
+    );
+    let manifest_as_hf = util::fixtures().join("digits/test-manifest.csv");
+    let o = run(&[
+        "score",
+        manifest_as_hf.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--out",
+        t.path().join("z").to_str().unwrap(),
+        "--format",
+        "hf-parquet",
+    ]);
+    util::assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a readable Parquet file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!t.path().join("z").exists());
 }
