@@ -544,3 +544,158 @@ fn hugging_face_parquet_bad_rows_become_error_rows_and_bad_files_exit_2() {
     );
     assert!(!t.path().join("z").exists());
 }
+
+/// 1,440 images (the fixture test set four times, renamed), with a site per image.
+fn big_images() -> Vec<(String, Vec<u8>, i64, &'static str)> {
+    let mut v = vec![];
+    for copy in 0..4 {
+        for (i, (rel, b, c)) in test_images().into_iter().enumerate() {
+            let (class, name) = rel.split_once('/').unwrap();
+            v.push((
+                format!("{class}/{copy}_{name}"),
+                b,
+                c,
+                ["A", "B", "C"][(i + copy) % 3],
+            ));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The same 1,440 images as each source: a folder, a CSV manifest over it, one
+/// WebDataset shard (KEY.png, KEY.cls, KEY.json with the site) and a Hugging Face
+/// Parquet file (row groups of 100). Returns (name, dataset argument, extra flags).
+fn every_source(dir: &Path) -> Vec<(&'static str, std::path::PathBuf, Vec<String>)> {
+    let imgs = big_images();
+    let folder = dir.join("data/folder");
+    let mut csv = String::from("path,label,site\n");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let tar_path = dir.join("data/shard-000000.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    let mut add = |name: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    };
+    for (rel, b, c, site) in &imgs {
+        util::write(&folder.join(rel), b);
+        csv.push_str(&format!("{rel},{c},{site}\n"));
+        let key = rel.trim_end_matches(".png").replace('/', "_");
+        add(format!("{key}.png"), b);
+        add(format!("{key}.cls"), c.to_string().as_bytes());
+        add(
+            format!("{key}.json"),
+            format!(r#"{{"site": "{site}"}}"#).as_bytes(),
+        );
+    }
+    tar.finish().unwrap();
+    drop(tar);
+    let manifest = dir.join("data/list.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let hf = dir.join("data/data.parquet");
+    let rows: Vec<_> = imgs
+        .iter()
+        .map(|(rel, b, c, site)| (Some(b.clone()), Some(rel.clone()), *c, *site))
+        .collect();
+    write_hf(&hf, &rows, 100, true);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        ("folder", folder.clone(), vec![]),
+        (
+            "manifest",
+            manifest,
+            s(&["--root", folder.to_str().unwrap(), "--slice-by", "site"]),
+        ),
+        ("wds", tar_path, s(&["--slice-by", "site"])),
+        ("hf-parquet", hf, s(&["--slice-by", "site"])),
+    ]
+}
+
+#[test]
+fn every_source_shards_resumes_and_merges_like_one_run() {
+    let t = tempdir();
+    let sources = every_source(t.path());
+    for (name, data, extra) in sources {
+        let dir = t.path().join(format!("runs-{name}"));
+        let args = |out: &Path, more: &[&str]| {
+            let mut a: Vec<String> = vec![
+                "score".into(),
+                data.display().to_string(),
+                "--model".into(),
+                model().display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--quiet".into(),
+                "--no-report".into(),
+                "--threads".into(),
+                "1".into(),
+                "--batch-size".into(),
+                "4".into(),
+                "--checkpoint-rows".into(),
+                "100".into(),
+            ];
+            a.extend(extra.iter().cloned());
+            a.extend(more.iter().map(|s| s.to_string()));
+            a
+        };
+        let ok = |a: Vec<String>| {
+            let o = util::bin().args(&a).output().unwrap();
+            util::assert_no_panic(&o);
+            assert!(o.status.success(), "{name}: {:?}: {}", a, stderr(&o));
+        };
+        let single = dir.join("single");
+        ok(args(&single, &[]));
+        let a = read_parquet(&single.join("predictions.parquet")).unwrap();
+        assert_eq!(a.len(), 1440, "{name}");
+        let ma = read_json(&single.join("metrics.json"));
+        assert_eq!(ma["run"]["dataset_format"], name);
+        let same = |other: &Path, what: &str| {
+            let b = read_parquet(&other.join("predictions.parquet")).unwrap();
+            assert!(a == b, "{name} {what}: rows differ from the single run");
+            let mb = read_json(&other.join("metrics.json"));
+            for key in ["counts", "top1", "topk", "per_class", "confusion", "slices"] {
+                assert_eq!(ma[key], mb[key], "{name} {what}: {key}");
+            }
+        };
+
+        // Three shards, merged in any order.
+        let shards: Vec<_> = (0..3).map(|k| dir.join(format!("shard-{k}"))).collect();
+        for (k, s) in shards.iter().enumerate() {
+            ok(args(s, &["--shard", &format!("{k}/3")]));
+        }
+        let merged = dir.join("merged");
+        let o = util::bin()
+            .arg("merge")
+            .args([&shards[2], &shards[0], &shards[1]])
+            .arg("--out")
+            .arg(&merged)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name} merge: {}", stderr(&o));
+        same(&merged, "merged");
+
+        // Killed after a few checkpoint parts, then resumed.
+        let killed = dir.join("killed");
+        let mut child = util::bin().args(args(&killed, &[])).spawn().unwrap();
+        let start = std::time::Instant::now();
+        while std::fs::read_dir(killed.join("parts"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            < 2
+            && start.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            !killed.join("predictions.parquet").exists(),
+            "{name}: the run finished before it could be killed"
+        );
+        ok(args(&killed, &["--resume"]));
+        same(&killed, "resumed");
+    }
+}
