@@ -10,10 +10,13 @@
 //! builds), one row group at a time: listing keeps each row's label, carried columns and
 //! image size, never the bytes; scoring loads one row group's image column at a time into
 //! a [`RowGroupCache`] owned by the decoding thread. So memory is bounded by a row group,
-//! whatever the shard size. A row is recorded as `FILE#row=NNN` (the file relative to the
-//! dataset argument, the row number zero-padded to the file's row count, so byte order is
-//! row order); the image's own `path`, when the struct has one, is carried as the
-//! `image.path` column.
+//! whatever the shard size. Rows keep the files' order (files sorted by name, rows in
+//! file order), which is also the order that reads each row group once. A row is
+//! recorded under the image's own `path` (as `datasets` keeps the name of the file it
+//! was built from) when every row has one and they increase in that order, so they are
+//! distinct and sorted like every run's rows; else as `FILE#row=NNN` (the file relative
+//! to the dataset argument, the row number zero-padded to the file's row count: sorted
+//! by construction).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -26,9 +29,6 @@ use polars_parquet::read::{self as pq, BasicDecompressor, FileMetadata, PageRead
 use crate::error::{Error, Result};
 use crate::record::Extra;
 use crate::walk::{Dataset, Entry, Member};
-
-/// The carried column holding the image struct's own `path`.
-pub(crate) const IMAGE_PATH_COLUMN: &str = "image.path";
 
 fn bad(file: &Path, what: impl std::fmt::Display) -> Error {
     Error::Dataset {
@@ -332,13 +332,18 @@ pub(crate) fn read(arg: &Path, label_column: &str) -> Result<Dataset> {
         source: "hf-parquet",
         ..Default::default()
     };
+    // Per file: its recorded name, the row number width, each row group's first row.
+    let mut layout: Vec<(String, usize, Vec<usize>)> = vec![];
     for (path, name) in files(arg)? {
         // A malformed file must not take the run down with a panic inside the reader.
         let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            list_file(&path, &name, label_column, &mut ds)
+            list_file(&path, label_column, &mut ds)
         }));
         match listed {
-            Ok(r) => r?,
+            Ok(r) => {
+                let (rows, groups) = r?;
+                layout.push((name, rows.saturating_sub(1).to_string().len(), groups));
+            }
             Err(_) => {
                 return Err(bad(
                     &path,
@@ -350,12 +355,36 @@ pub(crate) fn read(arg: &Path, label_column: &str) -> Result<Dataset> {
     if ds.entries.is_empty() {
         return Err(bad(arg, "holds no row"));
     }
+    // The images' own paths name the rows when they all have one and, in the files'
+    // order, they are strictly increasing (so distinct, and the run's rows stay sorted
+    // by path, as every run's are).
+    let own = ds.entries.iter().all(|e| !e.rel.is_empty())
+        && ds
+            .entries
+            .windows(2)
+            .all(|w| w[0].rel.as_bytes() < w[1].rel.as_bytes());
+    if !own {
+        let mut file = 0;
+        for i in 0..ds.entries.len() {
+            if i > 0 && !std::sync::Arc::ptr_eq(&ds.entries[i].path, &ds.entries[i - 1].path) {
+                file += 1;
+            }
+            let (name, width, groups) = &layout[file];
+            let Some(Member::ParquetRow { group, row, .. }) = ds.entries[i].member else {
+                unreachable!("every entry is a Parquet row")
+            };
+            ds.entries[i].rel = format!("{name}#row={:0width$}", groups[group as usize] + row as usize);
+        }
+    }
+    ds.entries.shrink_to_fit();
     ds.normalize_extras();
-    ds.sort_and_collect_classes();
+    ds.collect_classes();
     Ok(ds)
 }
 
-fn list_file(path: &Path, name: &str, label_column: &str, ds: &mut Dataset) -> Result<()> {
+/// List one file's rows into `ds` (`rel` is the image's own path, or empty); returns
+/// its row count and the first row of each row group.
+fn list_file(path: &Path, label_column: &str, ds: &mut Dataset) -> Result<(usize, Vec<usize>)> {
     let mut o = open(path)?;
     let hf = hf_metadata(&o.meta);
     let label_index = o
@@ -382,12 +411,13 @@ fn list_file(path: &Path, name: &str, label_column: &str, ds: &mut Dataset) -> R
     let carried: Vec<usize> = (0..o.schema.len())
         .filter(|&i| i != image_index && i != label_index)
         .collect();
-    let rows = o.meta.num_rows;
-    let width = rows.saturating_sub(1).to_string().len();
+    let shared: std::sync::Arc<Path> = path.into();
+    let mut starts = Vec::with_capacity(o.meta.row_groups.len());
     let mut row = 0usize;
     let mut skipped_columns: Vec<String> = vec![];
     for group in 0..o.meta.row_groups.len() {
         let n = o.meta.row_groups[group].num_rows();
+        starts.push(row);
         let images = read_column(&mut o, path, group, image_index)?;
         let label_field = o.schema.get_at_index(label_index).expect("index").1.clone();
         let labels = read_column(&mut o, path, group, label_index)?;
@@ -408,13 +438,13 @@ fn list_file(path: &Path, name: &str, label_column: &str, ds: &mut Dataset) -> R
             .iter()
             .map(|v| v.map(str::to_string))
             .collect::<Vec<_>>();
-        let mut columns: Vec<(String, Vec<Extra>)> = vec![];
+        let mut columns: Vec<(std::sync::Arc<str>, Vec<Extra>)> = vec![];
         for &i in &carried {
             let field = o.schema.get_at_index(i).expect("index").1.clone();
             let arr = read_column(&mut o, path, group, i)?;
             let values = to_column(&field, arr).and_then(|c| crate::manifest::extras_of(&c).ok());
             match values {
-                Some(v) => columns.push((field.name.to_string(), v)),
+                Some(v) => columns.push((ds.strings.get(&field.name), v)),
                 None => {
                     if !skipped_columns.contains(&field.name.to_string()) {
                         skipped_columns.push(field.name.to_string());
@@ -451,21 +481,22 @@ fn list_file(path: &Path, name: &str, label_column: &str, ds: &mut Dataset) -> R
             let ext = own_path
                 .as_deref()
                 .and_then(|p| Path::new(p).extension())
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            let mut extra = vec![(
-                IMAGE_PATH_COLUMN.to_string(),
-                own_path.map_or(Extra::Null, Extra::Str),
-            )];
-            extra.extend(columns.iter().map(|(c, v)| (c.clone(), v[r].clone())));
+                .map_or(u8::MAX, |e| crate::walk::image_extension(&e.to_string_lossy()));
+            let extra = columns.iter().map(|(c, v)| (c.clone(), v[r].clone())).collect();
             ds.entries.push(Entry {
-                rel: format!("{name}#row={:0width$}", row + r),
-                path: path.to_path_buf(),
-                class,
+                rel: own_path
+                    .map(|p| crate::walk::path_to_string(Path::new(&p)))
+                    .unwrap_or_default(),
+                path: shared.clone(),
+                class: ds.strings.get(&class),
                 size: bytes.map_or(0, |b| b.len() as u64),
                 problem,
                 extra,
-                member: Some(Member::ParquetRow { group, row: r, ext }),
+                member: Some(Member::ParquetRow {
+                    group: group as u32,
+                    row: r as u32,
+                    ext,
+                }),
             });
         }
         row += n;
@@ -476,7 +507,7 @@ fn list_file(path: &Path, name: &str, label_column: &str, ds: &mut Dataset) -> R
             path.display()
         ));
     }
-    Ok(())
+    Ok((row, starts))
 }
 
 /// The image column of the row group last asked for, kept by the thread that decodes

@@ -92,11 +92,15 @@ pub(crate) fn read(manifest: &Path, spec: &ManifestSpec) -> Result<Dataset> {
         };
         ds.entries.push(Entry {
             rel: l.path,
-            path: file,
-            class: l.label,
+            path: file.into(),
+            class: ds.strings.get(&l.label),
             size: meta.map(|m| m.len()).unwrap_or(0),
             problem,
-            extra: l.extra,
+            extra: l
+                .extra
+                .into_iter()
+                .map(|(n, v)| (ds.strings.get(&n), v))
+                .collect(),
             member: None,
         });
     }
@@ -112,12 +116,12 @@ pub(crate) fn read(manifest: &Path, spec: &ManifestSpec) -> Result<Dataset> {
 pub(crate) fn resolve_label_ids(ds: &mut Dataset, model_labels: &[String]) -> Result<()> {
     let names: std::collections::BTreeSet<&str> = model_labels.iter().map(String::as_str).collect();
     for e in &mut ds.entries {
-        if names.contains(e.class.as_str()) {
+        if names.contains(&*e.class) {
             continue;
         }
         if let Ok(id) = e.class.trim().parse::<usize>() {
             match model_labels.get(id) {
-                Some(n) => e.class = n.clone(),
+                Some(n) => e.class = ds.strings.get(n),
                 None => {
                     return Err(Error::Dataset {
                         what: format!(
@@ -347,7 +351,7 @@ mod tests {
         let ds = read(&m, &spec).unwrap();
         assert_eq!(ds.entries.len(), 2);
         let a = &ds.entries[0];
-        assert_eq!((a.rel.as_str(), a.class.as_str()), ("a.png", "cat"));
+        assert_eq!((a.rel.as_str(), &*a.class), ("a.png", "cat"));
         assert!(a.problem.is_none());
         assert!(ds.entries[1]
             .problem
@@ -379,7 +383,7 @@ mod tests {
             read(&m, &spec).unwrap()
         };
         resolve_label_ids(&mut ds, &["cat".to_string(), "dog".to_string()]).unwrap();
-        assert_eq!(ds.entries[0].class, "dog");
+        assert_eq!(&*ds.entries[0].class, "dog");
         assert_eq!(ds.classes, vec!["cat", "dog"]);
     }
 }

@@ -113,7 +113,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         }
     };
     if let Some(first) = dataset.entries.first() {
-        let carried: Vec<&str> = first.extra.iter().map(|(n, _)| n.as_str()).collect();
+        let carried: Vec<&str> = first.extra.iter().map(|(n, _)| &**n).collect();
         for c in &opts.slice_by {
             if !carried.contains(&c.as_str()) {
                 return Err(Error::InvalidOption {
@@ -383,7 +383,7 @@ fn preprocess_batch(
         .iter()
         .map(|e| match &e.member {
             Some(Member::ParquetRow { group, row, .. }) if e.problem.is_none() => {
-                Some(row_groups.image(&e.path, *group, *row, pre.max_file_bytes))
+                Some(row_groups.image(&e.path, *group as usize, *row as usize, pre.max_file_bytes))
             }
             _ => None,
         })
@@ -406,17 +406,16 @@ fn preprocess_batch(
             if let Some(p) = &e.problem {
                 return Err(p.clone());
             }
-            let hint = |ext: &str| Some(ext).filter(|x| !x.is_empty()).map(str::to_string);
             // A panic in a decoder must not take the run down: it becomes this row's error.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &e.member {
                 None => pre.process_file(&e.path, slot),
-                Some(Member::Tar { offset, len, ext }) => {
+                Some(m @ Member::Tar { offset, len, .. }) => {
                     crate::wds::read_member(&e.path, *offset, *len, pre.max_file_bytes)
-                        .and_then(|bytes| pre.process_bytes(&bytes, hint(ext).as_deref(), slot))
+                        .and_then(|bytes| pre.process_bytes(&bytes, m.ext(), slot))
                 }
-                Some(Member::ParquetRow { ext, .. }) => fetched
+                Some(m @ Member::ParquetRow { .. }) => fetched
                     .unwrap_or_else(|| Err("the row's image was not fetched".into()))
-                    .and_then(|bytes| pre.process_bytes(&bytes, hint(ext).as_deref(), slot)),
+                    .and_then(|bytes| pre.process_bytes(&bytes, m.ext(), slot)),
             })) {
                 Ok(r) => r,
                 Err(_) => Err("decoder crashed on this file (internal panic caught)".into()),
@@ -465,10 +464,10 @@ fn rows_for_batch(
         .iter()
         .zip(&batch.items)
         .map(|(e, item)| {
-            let label_id = mapping.class_to_id.get(&e.class).map(|&i| i as u32);
+            let label_id = mapping.class_to_id.get(&*e.class).map(|&i| i as u32);
             let base = Row {
                 path: e.rel.clone(),
-                label: e.class.clone(),
+                label: e.class.to_string(),
                 label_id,
                 pred: None,
                 pred_id: None,
@@ -480,7 +479,11 @@ fn rows_for_batch(
                 error: None,
                 warning: None,
                 attn_rollout: None,
-                extra: e.extra.clone(),
+                extra: e
+                    .extra
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect(),
             };
             match item {
                 Err(msg) => Row {
@@ -646,7 +649,7 @@ fn announce(opts: &ScoreOptions, p: &Prepared, progress: &mut dyn Progress) -> V
             .dataset
             .entries
             .iter()
-            .filter(|e| !p.mapping.class_to_id.contains_key(&e.class))
+            .filter(|e| !p.mapping.class_to_id.contains_key(&*e.class))
             .count();
         warnings.push(format!(
             "{} class folder(s) match no model label ({}); their {n} image(s) are scored but not counted in accuracy",
@@ -656,7 +659,7 @@ fn announce(opts: &ScoreOptions, p: &Prepared, progress: &mut dyn Progress) -> V
     }
     if let Some(n) = opts.limit {
         let covered: std::collections::BTreeSet<&str> =
-            p.dataset.entries.iter().map(|e| e.class.as_str()).collect();
+            p.dataset.entries.iter().map(|e| &*e.class).collect();
         let all = p.dataset.classes.len() - p.dataset.empty_classes.len();
         if covered.len() < all {
             warnings.push(format!(

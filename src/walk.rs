@@ -9,6 +9,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
@@ -24,17 +25,20 @@ pub(crate) const IMAGE_EXTENSIONS: &[&str] =
 pub(crate) struct Entry {
     /// Path relative to the dataset root, as recorded in outputs (see [`path_to_string`]).
     pub rel: String,
-    /// Absolute (or root-joined) path used to read the file.
-    pub path: PathBuf,
-    /// First-level folder name: the ground-truth class.
-    pub class: String,
+    /// Absolute (or root-joined) path used to read the file (shared by the entries of
+    /// one container file).
+    pub path: Arc<Path>,
+    /// The ground-truth class (a folder's first-level folder name, a list source's
+    /// label); one shared string per class (see [`Interner`]).
+    pub class: Arc<str>,
     /// File size in bytes (0 when it could not be read).
     pub size: u64,
     /// A problem found while walking (e.g. a dangling symlink): the entry becomes an
     /// error row without being read.
     pub problem: Option<String>,
-    /// The source's own columns for this image (a manifest's other columns).
-    pub extra: Vec<(String, crate::record::Extra)>,
+    /// The source's own columns for this image (a manifest's other columns); the
+    /// column names are shared by all entries.
+    pub extra: Box<[(Arc<str>, crate::record::Extra)]>,
     /// Where the image's bytes lie inside `path` when it is a container (a tar
     /// member of a WebDataset shard); None: `path` is the image file.
     pub member: Option<Member>,
@@ -44,15 +48,12 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Member {
     /// A tar member (WebDataset): its data's byte offset and length, and its extension
-    /// (a decoding hint, like a file's).
-    Tar { offset: u64, len: u64, ext: String },
+    /// (a decoding hint, like a file's) as an index into `wds::IMAGE_EXTS`.
+    Tar { offset: u64, len: u64, ext: u8 },
     /// Row `row` of row group `group` of a Parquet file's image column (Hugging Face
-    /// datasets); `ext` is the extension of the image's own path, or empty.
-    ParquetRow {
-        group: usize,
-        row: usize,
-        ext: String,
-    },
+    /// datasets); `ext` is the extension of the image's own path as an index into
+    /// [`IMAGE_EXTENSIONS`] when it is one (a decoding hint), else `u8::MAX`.
+    ParquetRow { group: u32, row: u32, ext: u8 },
 }
 
 /// What the walk found.
@@ -73,6 +74,8 @@ pub(crate) struct Dataset {
     /// Where the list came from: "folder" (this walk), "manifest", "wds" or
     /// "hf-parquet".
     pub source: &'static str,
+    /// The shared strings of the entries' classes and column names.
+    pub strings: Interner,
 }
 
 /// Record a path losslessly and unambiguously as UTF-8: valid UTF-8 is kept as is
@@ -124,6 +127,24 @@ pub(crate) fn path_from_string(s: &str) -> PathBuf {
         i += 1;
     }
     PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// The index in [`IMAGE_EXTENSIONS`] of `ext` (case-insensitively), else `u8::MAX`.
+pub(crate) fn image_extension(ext: &str) -> u8 {
+    IMAGE_EXTENSIONS
+        .iter()
+        .position(|x| x.eq_ignore_ascii_case(ext))
+        .map_or(u8::MAX, |i| i as u8)
+}
+
+impl Member {
+    /// The decoding hint: the image's extension, when known.
+    pub(crate) fn ext(&self) -> Option<&'static str> {
+        match self {
+            Member::Tar { ext, .. } => crate::wds::IMAGE_EXTS.get(*ext as usize).copied(),
+            Member::ParquetRow { ext, .. } => IMAGE_EXTENSIONS.get(*ext as usize).copied(),
+        }
+    }
 }
 
 pub(crate) fn is_image_name(name: &OsStr) -> bool {
@@ -206,12 +227,12 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
                 let problem = (!e.file_type().is_file())
                     .then(|| "not a regular file (FIFO, socket or device)".to_string());
                 ds.entries.push(Entry {
-                    class: class_of(&rel),
+                    class: class_of(&rel, &mut ds.strings),
                     rel: rel_s,
-                    path: e.path().to_path_buf(),
+                    path: e.path().into(),
                     size: e.metadata().map(|m| m.len()).unwrap_or(0),
                     problem,
-                    extra: vec![],
+                    extra: Box::default(),
                     member: None,
                 });
             }
@@ -226,15 +247,15 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
         let name = path.file_name().unwrap_or_default();
         if !is_dir && rel.components().count() >= 2 && is_image_name(name) {
             ds.entries.push(Entry {
-                class: class_of(&rel),
+                class: class_of(&rel, &mut ds.strings),
                 rel: rel_s,
-                path,
+                path: path.into(),
                 size: 0,
                 problem: Some(format!(
                     "symbolic link to {}, outside the dataset folder: not followed (pass the follow_links option to follow it)",
                     target.display()
                 )),
-                extra: vec![],
+                extra: Box::default(),
                 member: None,
             });
         } else {
@@ -253,7 +274,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
         ));
     }
     ds.entries
-        .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+        .sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     if let Some(w) = ds.entries.windows(2).find(|w| w[0].rel == w[1].rel) {
         return Err(Error::Dataset {
             what: format!(
@@ -269,7 +290,7 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
     ds.empty_classes = ds
         .classes
         .iter()
-        .filter(|c| !ds.entries.iter().any(|e| &e.class == *c))
+        .filter(|c| !ds.entries.iter().any(|e| &*e.class == c.as_str()))
         .cloned()
         .collect();
     for c in &ds.empty_classes {
@@ -290,11 +311,29 @@ pub(crate) fn walk(root: &Path, follow_links: bool) -> Result<Dataset> {
     Ok(ds)
 }
 
-fn class_of(rel: &Path) -> String {
-    rel.components()
-        .next()
-        .map(|c| path_to_string(Path::new(c.as_os_str())))
-        .unwrap_or_default()
+fn class_of(rel: &Path, classes: &mut Interner) -> Arc<str> {
+    classes.get(
+        &rel.components()
+            .next()
+            .map(|c| path_to_string(Path::new(c.as_os_str())))
+            .unwrap_or_default(),
+    )
+}
+
+/// One shared string per distinct value (class names, column names): a dataset of a
+/// million entries holds each class name once, not a million times.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Interner(std::collections::HashMap<String, Arc<str>>);
+
+impl Interner {
+    pub(crate) fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.0.insert(s.to_string(), a.clone());
+        a
+    }
 }
 
 fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
@@ -335,12 +374,12 @@ fn handle_walk_error(root: &Path, ds: &mut Dataset, err: walkdir::Error) {
             )
         };
         ds.entries.push(Entry {
-            class: class_of(&rel),
+            class: class_of(&rel, &mut ds.strings),
             rel: rel_s,
-            path,
+            path: path.into(),
             size: 0,
             problem: Some(what),
-            extra: vec![],
+            extra: Box::default(),
             member: None,
         });
     } else if dangling {
@@ -393,7 +432,7 @@ impl Dataset {
     /// labels: how a list-kind source (manifest, WebDataset) finishes its dataset.
     pub(crate) fn sort_and_collect_classes(&mut self) {
         self.entries
-            .sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+            .sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
         self.collect_classes();
     }
 
@@ -403,7 +442,7 @@ impl Dataset {
             .entries
             .iter()
             .filter(|e| !e.class.is_empty())
-            .map(|e| e.class.clone())
+            .map(|e| e.class.to_string())
             .collect();
         self.classes.sort();
         self.classes.dedup();
@@ -416,7 +455,7 @@ impl Dataset {
     /// Parquet files, WebDataset JSON) call it, so the predictions table has one schema.
     pub(crate) fn normalize_extras(&mut self) {
         use crate::record::Extra;
-        let mut names: Vec<String> = vec![];
+        let mut names: Vec<Arc<str>> = vec![];
         let mut kinds: Vec<u8> = vec![];
         for e in &self.entries {
             for (n, v) in &e.extra {
@@ -491,7 +530,7 @@ impl Dataset {
         }
         let mut by_class: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
         for (i, e) in self.entries.iter().enumerate() {
-            by_class.entry(e.class.as_str()).or_default().push(i);
+            by_class.entry(&*e.class).or_default().push(i);
         }
         let total = self.entries.len();
         let classes: Vec<(&str, usize)> = by_class.iter().map(|(c, v)| (*c, v.len())).collect();
@@ -580,7 +619,7 @@ mod tests {
         let ds = walk(r, false).unwrap();
         let rels: Vec<_> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
         assert_eq!(rels, vec!["a/z.jpg", "b/2.PNG", "b/sub/1.jpeg"]);
-        assert_eq!(ds.entries[2].class, "b");
+        assert_eq!(&*ds.entries[2].class, "b");
         assert_eq!(ds.classes, vec!["a", "b", "empty"]);
         assert_eq!(ds.empty_classes, vec!["empty"]);
         assert_eq!(ds.skipped, vec!["a/notes.txt", "top.jpg"]);
@@ -686,7 +725,7 @@ mod tests {
             }
         }
         let full = walk(t.path(), false).unwrap();
-        let count = |d: &Dataset, c: &str| d.entries.iter().filter(|e| e.class == c).count();
+        let count = |d: &Dataset, c: &str| d.entries.iter().filter(|e| &*e.class == c).count();
         let mut s = full.clone();
         s.sample(20, 7);
         assert_eq!(s.entries.len(), 20);

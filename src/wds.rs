@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::walk::{Dataset, Entry, Member};
 
 /// Image member extensions, in the order one is preferred when a sample has several.
-const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "webp"];
+pub(crate) const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Label members larger than this are not a label.
 const MAX_LABEL_BYTES: u64 = 4096;
 /// `KEY.json` (a label and metadata) larger than this is not read.
@@ -66,7 +66,7 @@ pub(crate) fn looks_like_wds(arg: &Path) -> bool {
 
 #[derive(Default)]
 struct Sample {
-    image: Option<(String, u64, u64)>,
+    image: Option<(usize, u64, u64)>,
     label: Option<String>,
     /// Which member gave the label (its rank in cls, txt, json).
     label_rank: usize,
@@ -136,6 +136,7 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
             what: format!("{}: {what}", shard.display()),
         };
         let f = std::fs::File::open(&shard).map_err(|e| Error::io(&shard, e))?;
+        let shared: std::sync::Arc<Path> = shard.as_path().into();
         let mut archive = tar::Archive::new(f);
         let mut samples: BTreeMap<String, Sample> = BTreeMap::new();
         for m in archive
@@ -166,11 +167,8 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
             let ext = ext.to_ascii_lowercase();
             let s = samples.entry(key).or_default();
             let size = m.size();
-            if IMAGE_EXTS.contains(&ext.as_str()) {
-                let better = s.image.as_ref().is_none_or(|(e, _, _)| {
-                    IMAGE_EXTS.iter().position(|x| x == &ext)
-                        < IMAGE_EXTS.iter().position(|x| x == e)
-                });
+            if let Some(ext) = IMAGE_EXTS.iter().position(|x| *x == ext) {
+                let better = s.image.as_ref().is_none_or(|(e, _, _)| ext < *e);
                 if better {
                     s.image = Some((ext, m.raw_file_position(), size));
                 }
@@ -235,12 +233,20 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
                 };
             ds.entries.push(Entry {
                 rel,
-                path: shard.clone(),
-                class: s.label.unwrap_or_default(),
+                path: shared.clone(),
+                class: ds.strings.get(&s.label.unwrap_or_default()),
                 size: len,
                 problem,
-                extra: s.meta,
-                member: Some(Member::Tar { offset, len, ext }),
+                extra: s
+                    .meta
+                    .into_iter()
+                    .map(|(n, v)| (ds.strings.get(&n), v))
+                    .collect(),
+                member: Some(Member::Tar {
+                    offset,
+                    len,
+                    ext: ext as u8,
+                }),
             });
         }
     }
@@ -298,8 +304,8 @@ mod tests {
         let ds = read(&p).unwrap();
         let rels: Vec<&str> = ds.entries.iter().map(|e| e.rel.as_str()).collect();
         assert_eq!(rels, ["s.tar#a", "s.tar#b", "s.tar#c", "s.tar#e"]);
-        assert_eq!(ds.entries[0].class, "3");
-        assert_eq!(ds.entries[1].class, "cat");
+        assert_eq!(&*ds.entries[0].class, "3");
+        assert_eq!(&*ds.entries[1].class, "cat");
         // JSON keys other than the label are carried, the same columns on every sample.
         use crate::record::Extra;
         let col = |i: usize, k: &str| {

@@ -163,7 +163,7 @@ fn load_folder(
         skipped: ds.skipped.len(),
     };
     for e in &ds.entries {
-        let n = per_class.entry(e.class.as_str()).or_default();
+        let n = per_class.entry(&*e.class).or_default();
         if limit_per_class.is_some_and(|l| *n >= l) {
             continue;
         }
@@ -173,7 +173,7 @@ fn load_folder(
             None => pre.load(&e.path),
         };
         match res {
-            Ok(t) => loaded.items.push((e.rel.clone(), class_ids[&e.class], t)),
+            Ok(t) => loaded.items.push((e.rel.clone(), class_ids[&*e.class], t)),
             Err(reason) => loaded.unreadable.push(Unreadable {
                 rel: e.rel.clone(),
                 reason,
