@@ -373,7 +373,10 @@ pub(crate) fn read(arg: &Path, label_column: &str) -> Result<Dataset> {
             let Some(Member::ParquetRow { group, row, .. }) = ds.entries[i].member else {
                 unreachable!("every entry is a Parquet row")
             };
-            ds.entries[i].rel = format!("{name}#row={:0width$}", groups[group as usize] + row as usize);
+            ds.entries[i].rel = format!(
+                "{name}#row={:0width$}",
+                groups[group as usize] + row as usize
+            );
         }
     }
     ds.entries.shrink_to_fit();
@@ -481,8 +484,13 @@ fn list_file(path: &Path, label_column: &str, ds: &mut Dataset) -> Result<(usize
             let ext = own_path
                 .as_deref()
                 .and_then(|p| Path::new(p).extension())
-                .map_or(u8::MAX, |e| crate::walk::image_extension(&e.to_string_lossy()));
-            let extra = columns.iter().map(|(c, v)| (c.clone(), v[r].clone())).collect();
+                .map_or(u8::MAX, |e| {
+                    crate::walk::image_extension(&e.to_string_lossy())
+                });
+            let extra = columns
+                .iter()
+                .map(|(c, v)| (c.clone(), v[r].clone()))
+                .collect();
             ds.entries.push(Entry {
                 rel: own_path
                     .map(|p| crate::walk::path_to_string(Path::new(&p)))

@@ -358,13 +358,14 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("cannot read"));
+        let named: Vec<(&str, Extra)> = a.extra.iter().map(|(n, v)| (&**n, v.clone())).collect();
         assert_eq!(
-            a.extra,
+            named,
             vec![
-                ("site".to_string(), Extra::Int(1)),
-                ("score".to_string(), Extra::Float(1.0)),
-                ("ok".to_string(), Extra::Bool(false)),
-                ("note".to_string(), Extra::Str("hi".into())),
+                ("site", Extra::Int(1)),
+                ("score", Extra::Float(1.0)),
+                ("ok", Extra::Bool(false)),
+                ("note", Extra::Str("hi".into())),
             ]
         );
         assert_eq!(ds.entries[1].extra[3].1, Extra::Null);

@@ -312,7 +312,7 @@ mod tests {
             ds.entries[i]
                 .extra
                 .iter()
-                .find(|(n, _)| n == k)
+                .find(|(n, _)| &**n == k)
                 .unwrap()
                 .1
                 .clone()
