@@ -23,6 +23,7 @@ pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod score;
+pub(crate) mod source;
 pub mod train;
 pub mod vit;
 pub mod walk;

@@ -10,7 +10,7 @@
 //! can be sliced on (`slice_by`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use polars::prelude::*;
 
@@ -59,13 +59,7 @@ pub(crate) fn read(manifest: &Path, spec: &ManifestSpec) -> Result<Dataset> {
             ))
         }
     };
-    let base: PathBuf = match spec.root {
-        Some(r) => r.to_path_buf(),
-        None => manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
-    };
+    let base = crate::source::manifest_root(manifest, spec.root);
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut ds = Dataset {
         source: "manifest",

@@ -516,6 +516,18 @@ impl ScoreOptions {
             })
     }
 
+    /// How `score` lists its dataset.
+    pub(crate) fn source_spec(&self) -> crate::source::SourceSpec<'_> {
+        crate::source::SourceSpec {
+            format: self.dataset_format(),
+            data: &self.data_dir,
+            root: self.root.as_deref(),
+            path_column: &self.path_column,
+            label_column: &self.label_column,
+            follow_links: self.follow_links,
+        }
+    }
+
     /// What to do with a run already in `out`.
     pub fn out_policy(&self) -> crate::run::OutPolicy {
         use crate::run::OutPolicy;

@@ -278,9 +278,16 @@ pub struct RunInfo {
     pub dataset_fingerprint: String,
     /// The shard, when sharded.
     pub shard: Option<Shard>,
-    /// How the dataset was read: "folder" or "manifest".
+    /// How the dataset was read: "folder", "manifest", "wds" or "hf-parquet".
     #[serde(default = "folder")]
     pub dataset_format: String,
+    /// A manifest's image root: the absolute folder its relative paths resolve against
+    /// (so the report reads the images again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_root: Option<String>,
+    /// The label column of a manifest or Hugging Face Parquet dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
     /// Which part of the dataset was scored when not all of it (`sample`, `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,

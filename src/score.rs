@@ -20,7 +20,7 @@ use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::progress::Progress;
 use crate::record::{Parts, Row, Status};
 use crate::run::{self, IdentityScope, RunIdentity, RunInfo, Throughput};
-use crate::walk::{self, Dataset, Entry, Member};
+use crate::walk::{Dataset, Entry, Member};
 
 /// Result of a finished run.
 pub struct ScoreOutcome {
@@ -87,31 +87,7 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
             ),
         });
     }
-    let mut dataset = match opts.dataset_format() {
-        crate::options::DatasetFormat::Folder => walk::walk(&opts.data_dir, opts.follow_links)?,
-        crate::options::DatasetFormat::Manifest => {
-            let mut ds = crate::manifest::read(
-                &opts.data_dir,
-                &crate::manifest::ManifestSpec {
-                    path_column: &opts.path_column,
-                    label_column: &opts.label_column,
-                    root: opts.root.as_deref(),
-                },
-            )?;
-            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
-            ds
-        }
-        crate::options::DatasetFormat::Wds => {
-            let mut ds = crate::wds::read(&opts.data_dir)?;
-            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
-            ds
-        }
-        crate::options::DatasetFormat::HfParquet => {
-            let mut ds = crate::hf::read(&opts.data_dir, &opts.label_column)?;
-            crate::manifest::resolve_label_ids(&mut ds, &labels)?;
-            ds
-        }
-    };
+    let mut dataset = crate::source::list(&opts.source_spec(), Some(&labels))?;
     if let Some(first) = dataset.entries.first() {
         let carried: Vec<&str> = first.extra.iter().map(|(n, _)| &**n).collect();
         for c in &opts.slice_by {
@@ -374,17 +350,15 @@ fn preprocess_batch(
     entries: &[Entry],
     start: usize,
     mut buf: Vec<f32>,
-    row_groups: &mut crate::hf::RowGroupCache,
+    reader: &mut crate::source::ImageReader,
 ) -> Result<Batch> {
     let per = pre.tensor_len();
     // Images inside Parquet row groups are fetched here, in order, before the
     // parallel decode: one row group is read once for all its rows in the batch.
-    let fetched: Vec<Option<std::result::Result<Vec<u8>, String>>> = entries
+    let fetched: Vec<Option<crate::source::ImageBytes>> = entries
         .iter()
         .map(|e| match &e.member {
-            Some(Member::ParquetRow { group, row, .. }) if e.problem.is_none() => {
-                Some(row_groups.image(&e.path, *group as usize, *row as usize, pre.max_file_bytes))
-            }
+            Some(Member::ParquetRow { .. }) => Some(reader.read(e, pre.max_file_bytes)),
             _ => None,
         })
         .collect();
@@ -407,15 +381,13 @@ fn preprocess_batch(
                 return Err(p.clone());
             }
             // A panic in a decoder must not take the run down: it becomes this row's error.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &e.member {
-                None => pre.process_file(&e.path, slot),
-                Some(m @ Member::Tar { offset, len, .. }) => {
-                    crate::wds::read_member(&e.path, *offset, *len, pre.max_file_bytes)
-                        .and_then(|bytes| pre.process_bytes(&bytes, m.ext(), slot))
-                }
-                Some(m @ Member::ParquetRow { .. }) => fetched
-                    .unwrap_or_else(|| Err("the row's image was not fetched".into()))
-                    .and_then(|bytes| pre.process_bytes(&bytes, m.ext(), slot)),
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // Files and tar members are read here, in parallel; Parquet rows above.
+                let (bytes, ext) = match fetched {
+                    Some(f) => f,
+                    None => crate::source::ImageReader::default().read(e, pre.max_file_bytes),
+                }?;
+                pre.process_bytes(&bytes, ext, slot)
             })) {
                 Ok(r) => r,
                 Err(_) => Err("decoder crashed on this file (internal panic caught)".into()),
@@ -753,13 +725,13 @@ fn score_parts(
         let pool = &pool;
         scope.spawn(move || {
             // Parquet rows' images, one row group at a time (see hf::RowGroupCache).
-            let mut row_groups = crate::hf::RowGroupCache::default();
+            let mut reader = crate::source::ImageReader::default();
             for &(a, b) in todo {
                 for s in (a..b).step_by(bs) {
                     let e = (s + bs).min(b);
                     let buf = recycle_rx.try_recv().unwrap_or_default();
-                    let batch = pool
-                        .install(|| preprocess_batch(pre, &entries[s..e], s, buf, &mut row_groups));
+                    let batch =
+                        pool.install(|| preprocess_batch(pre, &entries[s..e], s, buf, &mut reader));
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -869,6 +841,12 @@ fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo
         preprocess_source: p.identity.preprocess_source.clone(),
         dataset_fingerprint: p.identity.dataset_fingerprint.clone(),
         dataset_format: p.dataset.source.to_string(),
+        image_root: (p.dataset.source == "manifest").then(|| {
+            let r = crate::source::manifest_root(&opts.data_dir, opts.root.as_deref());
+            std::fs::canonicalize(&r).unwrap_or(r).display().to_string()
+        }),
+        label_column: matches!(p.dataset.source, "manifest" | "hf-parquet")
+            .then(|| opts.label_column.clone()),
         shard: opts.shard,
         subset: subset(opts, p),
         label_mapping: p.mapping.clone(),

@@ -456,6 +456,8 @@ mod tests {
                 shard: None,
                 subset: None,
                 dataset_format: "folder".into(),
+                image_root: None,
+                label_column: None,
                 label_mapping: crate::model::LabelMapping {
                     model_labels: labels.to_vec(),
                     matched_by: class_to_id
@@ -497,7 +499,7 @@ mod tests {
         let cand = run("cand", rows(5), &labels);
         let r = compare_runs(&CompareOptions::new("base", "cand"), &base, &cand).unwrap();
         let gate_md = markdown(&r);
-        let data = ReportData::build(&base.rows, base.metrics.clone(), None);
+        let data = ReportData::build(&base.rows, base.metrics.clone(), false);
         let report_md = super::super::markdown::markdown(&data);
 
         let escaped = escape::markdown(NASTY);

@@ -190,9 +190,9 @@ impl ReportData {
         &self.file.metrics
     }
 
-    /// Build the report data from rows and the metrics file; `data_dir` is where
-    /// thumbnails are read from (None: no thumbnails).
-    pub(crate) fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
+    /// Build the report data from rows and the metrics file; with `thumbnails`, the
+    /// mistake cards' images are read again from the run's recorded source.
+    pub(crate) fn build(rows: &[Row], file: MetricsFile, thumbnails: bool) -> Self {
         // The intervals are of `top1` / `topk`: over the labeled rows, a failed one
         // counted wrong (see `metrics::Metrics::top1`).
         let labeled: Vec<&Row> = rows.iter().filter(|r| r.label_id.is_some()).collect();
@@ -218,7 +218,7 @@ impl ReportData {
             .map(|(r, _)| *r)
             .collect();
         let wrong_total = wrong.len();
-        let mistakes = hardest_mistakes(wrong, &file, data_dir);
+        let mistakes = hardest_mistakes(wrong, &file, thumbnails);
         let row_warnings = rows
             .iter()
             .filter(|r| r.status == Status::Ok && r.warning.is_some())
@@ -296,11 +296,7 @@ fn failures(rows: &[Row]) -> (Vec<Failure>, usize) {
 
 /// The [`MAX_MISTAKES`] most confidently wrong of `wrong` (ties by path), each with
 /// its thumbnail and, for an attention model, its rollout overlay.
-fn hardest_mistakes(
-    mut wrong: Vec<&Row>,
-    file: &MetricsFile,
-    data_dir: Option<&Path>,
-) -> Vec<Mistake> {
+fn hardest_mistakes(mut wrong: Vec<&Row>, file: &MetricsFile, thumbnails: bool) -> Vec<Mistake> {
     wrong.sort_by(|a, b| {
         b.score
             .unwrap_or(0.0)
@@ -313,9 +309,27 @@ fn hardest_mistakes(
         let pre = crate::preprocess::Preprocessor::new(file.run.preprocess.clone()).ok()?;
         Some((pre, a))
     });
+    // The source images, read as scoring read them (a file, a tar member, a row).
+    let images: Vec<crate::source::ImageBytes> = if thumbnails {
+        let run = &file.run;
+        let src = crate::source::RecordedSource {
+            format: &run.dataset_format,
+            data_dir: Path::new(&run.data_dir),
+            image_root: run.image_root.as_deref().map(Path::new),
+            label_column: run.label_column.as_deref(),
+        };
+        let paths: Vec<&str> = wrong.iter().map(|r| r.path.as_str()).collect();
+        crate::source::recorded_images(&src, &paths, crate::preprocess::DEFAULT_MAX_FILE_BYTES)
+    } else {
+        wrong
+            .iter()
+            .map(|_| Err("no data folder recorded".to_string()))
+            .collect()
+    };
     wrong
         .par_iter()
-        .map(|r| mistake(r, file, data_dir, overlay.as_ref()))
+        .zip(images.into_par_iter())
+        .map(|(r, img)| mistake(r, file, img, overlay.as_ref()))
         .collect()
 }
 
@@ -323,7 +337,7 @@ fn hardest_mistakes(
 fn mistake(
     r: &Row,
     file: &MetricsFile,
-    data_dir: Option<&Path>,
+    image: crate::source::ImageBytes,
     overlay: Option<&(
         crate::preprocess::Preprocessor,
         &crate::attention::AttentionInfo,
@@ -334,10 +348,7 @@ fn mistake(
             .cloned()
     };
     // The source file is read and decoded once, for both card images.
-    let source = match data_dir {
-        None => Err("no data folder recorded".to_string()),
-        Some(d) => source_image(&d.join(crate::walk::path_from_string(&r.path))),
-    };
+    let source = image.and_then(|(bytes, ext)| source_image(&bytes, ext));
     let (thumb_b64, thumb_note) = match source.as_ref().map_err(|e| e.clone()).and_then(thumbnail) {
         Ok(b) => (Some(b), None),
         Err(e) => (None, Some(e)),
@@ -462,10 +473,8 @@ fn percentile_interval(v: &mut [f64]) -> Interval {
 
 /// A card's source image, decoded as the scoring run decoded it (by content, EXIF
 /// orientation applied, RGB like Pillow's `convert("RGB")`), or why not.
-fn source_image(path: &Path) -> std::result::Result<image::RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("not readable any more ({e})"))?;
-    let ext = path.extension().and_then(|e| e.to_str());
-    crate::preprocess::decode(&bytes, ext, crate::preprocess::DEFAULT_MAX_PIXELS)
+fn source_image(bytes: &[u8], ext: Option<&str>) -> std::result::Result<image::RgbImage, String> {
+    crate::preprocess::decode(bytes, ext, crate::preprocess::DEFAULT_MAX_PIXELS)
         .map(|d| d.rgb)
         .map_err(|e| format!("could not be decoded ({e})"))
 }
@@ -553,8 +562,7 @@ pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
             ),
         });
     }
-    let data_dir = PathBuf::from(&file.run.data_dir);
-    let data = ReportData::build(&rows, file, Some(&data_dir));
+    let data = ReportData::build(&rows, file, true);
     Ok((rows, data))
 }
 

@@ -18,6 +18,20 @@ fn score(data: &Path, out: &Path, extra: &[&str]) {
     util::score_ok(data, &model(), out, extra);
 }
 
+/// The report's mistake cards show the images, read again from the source (a file, a
+/// tar member, a Parquet row), none "no thumbnail".
+fn assert_thumbnails(run: &Path) {
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    let cards = html.matches("<div class=\"mistake\">").count();
+    assert!(cards >= 10, "{cards} mistake cards");
+    assert!(
+        !html.contains("<div class=\"thumb-missing\">"),
+        "{}",
+        &html[html.find("thumb-missing\">").unwrap_or(0)..][..300.min(html.len())]
+    );
+    assert!(html.matches("data:image/jpeg;base64,").count() >= 10);
+}
+
 fn without_extra(rows: &[Row]) -> Vec<Row> {
     rows.iter()
         .cloned()
@@ -84,6 +98,7 @@ fn a_csv_manifest_scores_like_the_folder_and_slices_the_metrics() {
     );
     let html = std::fs::read_to_string(listed.join("report.html")).unwrap();
     assert!(html.contains("id=\"slices\""));
+    assert_thumbnails(&listed);
     // A slice column that the manifest lacks is refused before anything is written.
     let bad = t.path().join("bad");
     let o = run(&[
@@ -218,11 +233,8 @@ fn webdataset_shards_score_like_the_folder_without_unpacking() {
     );
     // A folder of shards written by webdataset's ShardWriter (KEY.png + KEY.cls),
     // recognised as such; class ids map through the model's labels.
-    score(
-        &util::fixtures().join("digits/wds"),
-        &shards,
-        &["--no-report"],
-    );
+    score(&util::fixtures().join("digits/wds"), &shards, &[]);
+    assert_thumbnails(&shards);
     let a = read_parquet(&folder.join("predictions.parquet")).unwrap();
     let b = read_parquet(&shards.join("predictions.parquet")).unwrap();
     assert_eq!(a.len(), b.len());
@@ -376,6 +388,7 @@ fn hugging_face_parquet_scores_like_the_folder() {
     assert!(std::fs::read_to_string(hf.join("report.md"))
         .unwrap()
         .contains("| site | A |"));
+    assert_thumbnails(&hf);
 }
 
 #[test]

@@ -218,6 +218,8 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             shard: None,
             subset: None,
             dataset_format: "folder".into(),
+            image_root: None,
+            label_column: None,
             label_mapping: LabelMapping {
                 model_labels: spec.classes.clone(),
                 class_to_id,
