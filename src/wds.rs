@@ -143,7 +143,12 @@ pub(crate) fn read(arg: &Path) -> Result<Dataset> {
             .entries()
             .map_err(|e| bad(format!("not a tar file: {e}")))?
         {
-            let mut m = m.map_err(|e| bad(format!("broken tar member: {e}")))?;
+            let mut m = m.map_err(|e| {
+                bad(format!(
+                    "truncated or corrupt after {} sample(s) ({e}); nothing was scored: re-copy or re-write the shard",
+                    samples.len()
+                ))
+            })?;
             if !m.header().entry_type().is_file() {
                 continue;
             }

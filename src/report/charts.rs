@@ -53,6 +53,7 @@ pub(crate) const CHART_FILES: &[&str] = &[
     "recall_by_class.png",
     "confidence.png",
     "reliability.png",
+    "slices.png",
 ];
 
 /// One chart: its file under `charts/`, a title and caption for the page, the PNG.
@@ -122,6 +123,17 @@ impl Charts {
                 title,
                 caption: "Recall (accuracy on the class's own images), lowest first; n = support."
                     .into(),
+                width: w,
+                height: h,
+                png,
+            });
+        }
+        if !m.slices.is_empty() {
+            let (png, w, h) = slice_bars(&m.slices)?;
+            list.push(Chart {
+                file: "slices.png",
+                title: "Top-1 by slice".into(),
+                caption: "Top-1 (failed images counted wrong) per value of each sliced column, lowest first; n = labeled images.".into(),
                 width: w,
                 height: h,
                 png,
@@ -596,14 +608,36 @@ fn recall_bars(per_class: &[ClassStats]) -> Result<(Vec<u8>, u32, u32, String)> 
     } else {
         "Recall by class".to_string()
     };
-    let labels: Vec<String> = shown
+    let bars: Vec<(String, f64)> = shown
         .iter()
-        .map(|c| format!("{} (n={})", short(&c.class), c.support))
+        .map(|c| (format!("{} (n={})", short(&c.class), c.support), c.recall))
         .collect();
+    let (png, w, h) = share_bars(&title, &bars)?;
+    Ok((png, w, h, title))
+}
+
+/// Top-1 of each slice (column=value, n = labeled images), lowest first per column.
+fn slice_bars(slices: &[crate::metrics::SliceStats]) -> Result<(Vec<u8>, u32, u32)> {
+    let bars: Vec<(String, f64)> = super::slice_order(slices)
+        .into_iter()
+        .take(MAX_BAR_CLASSES)
+        .map(|s| {
+            (
+                format!("{}={} (n={})", short(&s.column), short(&s.value), s.labeled),
+                s.top1,
+            )
+        })
+        .collect();
+    share_bars("Top-1 by slice", &bars)
+}
+
+/// Horizontal bars of shares in [0, 1], one per labelled row, red to green.
+fn share_bars(title: &str, bars: &[(String, f64)]) -> Result<(Vec<u8>, u32, u32)> {
+    let title = title.to_string();
     let size = 13.0;
-    let label_w = labels
+    let label_w = bars
         .iter()
-        .map(|l| text_width(l, size))
+        .map(|(l, _)| text_width(l, size))
         .max()
         .unwrap_or(0);
     let row = 22u32;
@@ -611,15 +645,15 @@ fn recall_bars(per_class: &[ClassStats]) -> Result<(Vec<u8>, u32, u32, String)> 
     let bar_max = 520u32;
     let y0 = 50u32;
     let w = x0 + bar_max + 70;
-    let h = y0 + row * shown.len().max(1) as u32 + 40;
+    let h = y0 + row * bars.len().max(1) as u32 + 40;
     let png = draw_png(w, h, |root| {
         let d = |e| chart_err(e);
         root.draw(&Text::new(title.clone(), (20, 14), font(18.0)))
             .map_err(d)?;
-        for (i, (c, l)) in shown.iter().zip(&labels).enumerate() {
+        for (i, (l, v)) in bars.iter().enumerate() {
             let y = (y0 + i as u32 * row) as i32;
-            let len = (c.recall.clamp(0.0, 1.0) * bar_max as f64).round() as i32;
-            let color = red_to_green(c.recall);
+            let len = (v.clamp(0.0, 1.0) * bar_max as f64).round() as i32;
+            let color = red_to_green(*v);
             root.draw(&Rectangle::new(
                 [(x0 as i32, y + 3), (x0 as i32 + len, y + row as i32 - 3)],
                 color.filled(),
@@ -632,13 +666,13 @@ fn recall_bars(per_class: &[ClassStats]) -> Result<(Vec<u8>, u32, u32, String)> 
             ))
             .map_err(d)?;
             root.draw(&Text::new(
-                super::pct(c.recall),
+                super::pct(*v),
                 (x0 as i32 + len + 4, y + row as i32 / 2),
                 font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
             ))
             .map_err(d)?;
         }
-        let yb = (y0 + row * shown.len().max(1) as u32) as i32;
+        let yb = (y0 + row * bars.len().max(1) as u32) as i32;
         root.draw(&PathElement::new(
             vec![(x0 as i32, y0 as i32 - 2), (x0 as i32, yb)],
             BLACK.stroke_width(1),
@@ -665,7 +699,7 @@ fn recall_bars(per_class: &[ClassStats]) -> Result<(Vec<u8>, u32, u32, String)> 
         }
         Ok(())
     })?;
-    Ok((png, w, h, title))
+    Ok((png, w, h))
 }
 
 const RIGHT: RGBColor = RGBColor(46, 139, 87);

@@ -152,7 +152,7 @@ pub(crate) fn page(data: &ReportData, charts: &charts::Charts) -> String {
     summary_section(&mut s, data);
     confusion_section(&mut s, data, charts);
     per_class_section(&mut s, data, charts);
-    slices_section(&mut s, data);
+    slices_section(&mut s, data, charts);
     calibration_section(&mut s, data, charts);
     mistakes_section(&mut s, data);
     failures_section(&mut s, data);
@@ -376,12 +376,16 @@ fn per_class_section(s: &mut String, data: &ReportData, charts: &charts::Charts)
 }
 
 /// Top-1 per value of each sliced column, lowest first, with its worst class.
-fn slices_section(s: &mut String, data: &ReportData) {
+fn slices_section(s: &mut String, data: &ReportData, charts: &charts::Charts) {
     let m = data.metrics();
     if m.slices.is_empty() {
         return;
     }
-    s.push_str("<section id=\"slices\"><h2>Slices</h2><div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>Column</th><th>Value</th><th class=\"n\">Images</th><th class=\"n\">Labeled</th><th class=\"n\">Top-1</th><th class=\"n\">Top-1 (scored)</th><th>Lowest recall</th></tr></thead><tbody>");
+    s.push_str("<section id=\"slices\"><h2>Slices</h2>");
+    if let Some(ch) = charts.get("slices.png") {
+        chart_img(s, ch, "slices-chart");
+    }
+    s.push_str("<div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>Column</th><th>Value</th><th class=\"n\">Images</th><th class=\"n\">Labeled</th><th class=\"n\">Top-1</th><th class=\"n\">Top-1 (scored)</th><th>Lowest recall</th></tr></thead><tbody>");
     for sl in super::slice_order(&m.slices) {
         let worst = sl
             .recall

@@ -97,7 +97,8 @@ fn a_csv_manifest_scores_like_the_folder_and_slices_the_metrics() {
         "{md}"
     );
     let html = std::fs::read_to_string(listed.join("report.html")).unwrap();
-    assert!(html.contains("id=\"slices\""));
+    assert!(html.contains("id=\"slices\"") && html.contains("id=\"slices-chart\""));
+    util::assert_png_not_blank(&listed.join("charts/slices.png"), 300, 100);
     assert_thumbnails(&listed);
     // A slice column that the manifest lacks is refused before anything is written.
     let bad = t.path().join("bad");
@@ -269,6 +270,29 @@ fn webdataset_shards_score_like_the_folder_without_unpacking() {
         assert_eq!(ma[key], mb[key], "{key}");
     }
     assert_eq!(mb["run"]["dataset_format"], "wds");
+
+    // A truncated shard is exit 2 before anything is scored, naming the shard.
+    let cut = t.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    let whole = std::fs::read(util::fixtures().join("digits/wds/digits-test-000000.tar")).unwrap();
+    std::fs::write(cut.join("a.tar"), &whole[..100_000]).unwrap();
+    let out = t.path().join("cut-out");
+    let o = run(&[
+        "score",
+        cut.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    util::assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a.tar: truncated or corrupt after"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
 }
 
 /// Write a Parquet file as Hugging Face `datasets` does (`image` struct<bytes, path>,
