@@ -14,6 +14,7 @@ mod reliability;
 mod report;
 mod score;
 mod shard;
+mod slurm;
 mod synth;
 mod train;
 mod util;
