@@ -192,106 +192,152 @@ impl ReportData {
 
     /// Build the report data from rows and the metrics file; `data_dir` is where
     /// thumbnails are read from (None: no thumbnails).
+    #[cfg(test)]
     pub(crate) fn build(rows: &[Row], file: MetricsFile, data_dir: Option<&Path>) -> Self {
+        let mut b = Builder::new(file.metrics.k);
+        for r in rows {
+            b.add(r);
+        }
+        b.finish(file, data_dir)
+    }
+}
+
+/// [`ReportData`] built from rows streamed in order, one at a time: what it keeps
+/// grows with the rows only by two flags per labeled row (for the bootstrap); the
+/// failure list and the mistake candidates are bounded. So a report of a million
+/// rows never holds the rows themselves.
+pub(crate) struct Builder {
+    k: usize,
+    /// (top-1 right, in top k) of each labeled row, in order (a failed one neither).
+    labeled_flags: Vec<(bool, bool)>,
+    evaluated: usize,
+    hist: ScoreHistogram,
+    failures: Vec<Failure>,
+    failures_total: usize,
+    /// The most confidently wrong rows seen so far (at most 2 x [`MAX_MISTAKES`]).
+    wrong: Vec<Row>,
+    wrong_total: usize,
+    row_warnings: usize,
+    rows: usize,
+}
+
+/// Most confident first, ties by path: the order of the mistake cards.
+fn mistake_order(a: &Row, b: &Row) -> std::cmp::Ordering {
+    b.score
+        .unwrap_or(0.0)
+        .total_cmp(&a.score.unwrap_or(0.0))
+        .then_with(|| a.path.cmp(&b.path))
+}
+
+impl Builder {
+    pub(crate) fn new(k: usize) -> Self {
+        Builder {
+            k,
+            labeled_flags: Vec::new(),
+            evaluated: 0,
+            hist: ScoreHistogram {
+                right: vec![0; HIST_BINS],
+                wrong: vec![0; HIST_BINS],
+            },
+            failures: Vec::new(),
+            failures_total: 0,
+            wrong: Vec::new(),
+            wrong_total: 0,
+            row_warnings: 0,
+            rows: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, r: &Row) {
+        self.rows += 1;
         // The intervals are of `top1` / `topk`: over the labeled rows, a failed one
         // counted wrong (see `metrics::Metrics::top1`).
-        let labeled: Vec<&Row> = rows.iter().filter(|r| r.label_id.is_some()).collect();
-        let labeled_flags = right_flags(&labeled, file.metrics.k);
-        let evaluated: Vec<&Row> = rows.iter().filter(|r| is_evaluated(r)).collect();
-        let flags = right_flags(&evaluated, file.metrics.k);
-        let resample = if evaluated.is_empty() {
+        if r.label_id.is_some() {
+            self.labeled_flags.push(right_flag(r, self.k));
+        }
+        if r.status == Status::Error {
+            self.failures_total += 1;
+            if self.failures.len() < MAX_FAILURES {
+                self.failures.push(Failure {
+                    path: r.path.clone(),
+                    label: r.label.clone(),
+                    error: r.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        if r.status == Status::Ok && r.warning.is_some() {
+            self.row_warnings += 1;
+        }
+        if !is_evaluated(r) {
+            return;
+        }
+        self.evaluated += 1;
+        let (right, _) = right_flag(r, self.k);
+        let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
+        let bin = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
+        if right {
+            self.hist.right[bin] += 1;
+            return;
+        }
+        self.hist.wrong[bin] += 1;
+        self.wrong_total += 1;
+        let full = self.wrong.len() >= MAX_MISTAKES;
+        if full
+            && self
+                .wrong
+                .iter()
+                .all(|w| mistake_order(w, r) == std::cmp::Ordering::Less)
+        {
+            // Every kept candidate comes before r: r is not among the top.
+            return;
+        }
+        self.wrong.push(r.clone());
+        if self.wrong.len() >= 2 * MAX_MISTAKES {
+            self.wrong.sort_by(mistake_order);
+            self.wrong.truncate(MAX_MISTAKES);
+        }
+    }
+
+    pub(crate) fn finish(self, file: MetricsFile, data_dir: Option<&Path>) -> ReportData {
+        let resample = if self.evaluated == 0 {
             &[][..]
         } else {
-            &labeled_flags[..]
+            &self.labeled_flags[..]
         };
         let (top1_ci, topk_ci) = match bootstrap(resample, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        let hist = score_histogram(&evaluated, &flags);
         let pairs = confused_pairs(&file.metrics, MAX_PAIRS);
-        let (failures, failures_total) = failures(rows);
-        let wrong: Vec<&Row> = evaluated
-            .iter()
-            .zip(&flags)
-            .filter(|(_, f)| !f.0)
-            .map(|(r, _)| *r)
-            .collect();
-        let wrong_total = wrong.len();
-        let mistakes = hardest_mistakes(wrong, &file, data_dir);
-        let row_warnings = rows
-            .iter()
-            .filter(|r| r.status == Status::Ok && r.warning.is_some())
-            .count();
+        let mistakes = hardest_mistakes(self.wrong.iter().collect(), &file, data_dir);
         ReportData {
             file,
             top1_ci,
             topk_ci,
             pairs,
-            failures,
-            failures_total,
+            failures: self.failures,
+            failures_total: self.failures_total,
             mistakes,
-            wrong_total,
-            hist,
-            row_warnings,
+            wrong_total: self.wrong_total,
+            hist: self.hist,
+            row_warnings: self.row_warnings,
         }
     }
 }
 
-/// (top-1 right, true class in the top k) of each labeled row; a failed row is
-/// neither.
-fn right_flags(labeled: &[&Row], k: usize) -> Vec<(bool, bool)> {
-    labeled
-        .iter()
-        .map(|r| {
-            let t = r.label_id.expect("labeled");
-            if r.status != Status::Ok {
-                return (false, false);
-            }
-            let right = r.pred_id == Some(t);
-            let in_k = r
-                .topk_ids
-                .as_deref()
-                .map(|ids| ids.iter().take(k).any(|&i| i == t))
-                .unwrap_or(right);
-            (right, in_k)
-        })
-        .collect()
-}
-
-/// Top-1 scores of the evaluated rows in [`HIST_BINS`] bins, right and wrong apart.
-fn score_histogram(evaluated: &[&Row], flags: &[(bool, bool)]) -> ScoreHistogram {
-    let mut hist = ScoreHistogram {
-        right: vec![0; HIST_BINS],
-        wrong: vec![0; HIST_BINS],
-    };
-    for (r, &(right, _)) in evaluated.iter().zip(flags) {
-        let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
-        let b = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
-        if right {
-            hist.right[b] += 1;
-        } else {
-            hist.wrong[b] += 1;
-        }
+/// (top-1 right, true class in the top k) of a labeled row; a failed row is neither.
+fn right_flag(r: &Row, k: usize) -> (bool, bool) {
+    let t = r.label_id.expect("labeled");
+    if r.status != Status::Ok {
+        return (false, false);
     }
-    hist
-}
-
-/// The first [`MAX_FAILURES`] failed rows, and how many failed in all.
-fn failures(rows: &[Row]) -> (Vec<Failure>, usize) {
-    let mut total = 0;
-    let mut listed = Vec::new();
-    for r in rows.iter().filter(|r| r.status == Status::Error) {
-        total += 1;
-        if listed.len() < MAX_FAILURES {
-            listed.push(Failure {
-                path: r.path.clone(),
-                label: r.label.clone(),
-                error: r.error.clone().unwrap_or_default(),
-            });
-        }
-    }
-    (listed, total)
+    let right = r.pred_id == Some(t);
+    let in_k = r
+        .topk_ids
+        .as_deref()
+        .map(|ids| ids.iter().take(k).any(|&i| i == t))
+        .unwrap_or(right);
+    (right, in_k)
 }
 
 /// The [`MAX_MISTAKES`] most confidently wrong of `wrong` (ties by path), each with
@@ -301,12 +347,7 @@ fn hardest_mistakes(
     file: &MetricsFile,
     data_dir: Option<&Path>,
 ) -> Vec<Mistake> {
-    wrong.sort_by(|a, b| {
-        b.score
-            .unwrap_or(0.0)
-            .total_cmp(&a.score.unwrap_or(0.0))
-            .then_with(|| a.path.cmp(&b.path))
-    });
+    wrong.sort_by(|a, b| mistake_order(a, b));
     wrong.truncate(MAX_MISTAKES);
     // Rollout overlays need the run's preprocessing (to show the model's view).
     let overlay = file.run.attention.as_ref().and_then(|a| {
@@ -538,24 +579,34 @@ pub(crate) fn rollout_image(
     }))
 }
 
-/// Read a run folder into report data.
-pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
+/// Rows read at a time by [`load`].
+const LOAD_CHUNK: usize = 16 * 1024;
+
+/// Read a run folder into report data, streaming its predictions in slices (memory
+/// stays flat in the number of rows); also returns the number of rows.
+pub fn load(run_dir: &Path) -> Result<(usize, ReportData)> {
     let run = Run::open(run_dir)?;
-    let rows = run.rows()?;
+    let path = run.predictions_path();
     let file = run.metrics;
-    if rows.len() as u64 != file.metrics.counts.images {
+    let total = crate::record::parquet_rows(&path)?;
+    let mut b = Builder::new(file.metrics.k);
+    for offset in (0..total).step_by(LOAD_CHUNK) {
+        for r in &crate::record::read_parquet_slice(&path, offset, LOAD_CHUNK)? {
+            b.add(r);
+        }
+    }
+    if b.rows != total || b.rows as u64 != file.metrics.counts.images {
         return Err(Error::Corrupt {
-            path: run_dir.join(crate::run::PREDICTIONS),
+            path,
             what: format!(
                 "holds {} rows but metrics.json counts {} images: the run folder is inconsistent",
-                rows.len(),
-                file.metrics.counts.images
+                b.rows, file.metrics.counts.images
             ),
         });
     }
+    let rows = b.rows;
     let data_dir = PathBuf::from(&file.run.data_dir);
-    let data = ReportData::build(&rows, file, Some(&data_dir));
-    Ok((rows, data))
+    Ok((rows, b.finish(file, Some(&data_dir))))
 }
 
 /// Render the report of a run folder from `predictions.parquet` + `metrics.json`.
@@ -592,7 +643,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     Ok(ReportSummary {
         out_dir,
         files,
-        rows: rows.len(),
+        rows,
         classes: data.metrics().per_class.len(),
     })
 }
