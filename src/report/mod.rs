@@ -449,8 +449,15 @@ pub(crate) fn confused_pairs(m: &Metrics, n: usize) -> Vec<ConfusedPair> {
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// The generator seeded with `seed` after `draws` calls of `next`.
+    fn at(seed: u64, draws: u64) -> Self {
+        SplitMix64(seed.wrapping_add(Self::GAMMA.wrapping_mul(draws)))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(Self::GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -473,19 +480,23 @@ pub(crate) fn bootstrap(
     if n == 0 || resamples == 0 {
         return None;
     }
-    let mut rng = SplitMix64(seed);
-    let mut a = Vec::with_capacity(resamples);
-    let mut b = Vec::with_capacity(resamples);
-    for _ in 0..resamples {
-        let (mut r1, mut rk) = (0u64, 0u64);
-        for _ in 0..n {
-            let (x, y) = flags[rng.below(n)];
-            r1 += x as u64;
-            rk += y as u64;
-        }
-        a.push(r1 as f64 / n as f64);
-        b.push(rk as f64 / n as f64);
-    }
+    // One generator draws every index of every resample in turn. SplitMix64's state
+    // after j draws is seed + j * GAMMA, so resample r starts at draw r * n: the
+    // resamples run in parallel and the intervals are exactly the sequential ones.
+    let (a, b): (Vec<f64>, Vec<f64>) = (0..resamples)
+        .into_par_iter()
+        .map(|r| {
+            let mut rng = SplitMix64::at(seed, r as u64 * n as u64);
+            let (mut r1, mut rk) = (0u64, 0u64);
+            for _ in 0..n {
+                let (x, y) = flags[rng.below(n)];
+                r1 += x as u64;
+                rk += y as u64;
+            }
+            (r1 as f64 / n as f64, rk as f64 / n as f64)
+        })
+        .unzip();
+    let (mut a, mut b) = (a, b);
     Some((percentile_interval(&mut a), percentile_interval(&mut b)))
 }
 
@@ -712,6 +723,31 @@ mod tests {
         let all = vec![(true, true); 50];
         let (c, _) = bootstrap(&all, 100, 1).unwrap();
         assert_eq!((c.lo, c.hi), (1.0, 1.0));
+    }
+
+    #[test]
+    fn bootstrap_in_parallel_equals_the_sequential_draws() {
+        let flags: Vec<(bool, bool)> = (0..97).map(|i| (i % 7 < 4, i % 7 < 6)).collect();
+        let n = flags.len();
+        let mut rng = SplitMix64(7);
+        let (mut a, mut b) = (vec![], vec![]);
+        for _ in 0..200 {
+            let (mut r1, mut rk) = (0u64, 0u64);
+            for _ in 0..n {
+                let (x, y) = flags[rng.below(n)];
+                r1 += x as u64;
+                rk += y as u64;
+            }
+            a.push(r1 as f64 / n as f64);
+            b.push(rk as f64 / n as f64);
+        }
+        let sequential = (percentile_interval(&mut a), percentile_interval(&mut b));
+        assert_eq!(bootstrap(&flags, 200, 7).unwrap(), sequential);
+        let mut s = SplitMix64(7);
+        for _ in 0..1000 {
+            s.next();
+        }
+        assert_eq!(SplitMix64::at(7, 1000).next(), s.next());
     }
 
     #[test]
