@@ -726,6 +726,49 @@ mod tests {
     }
 
     #[test]
+    fn streamed_mistakes_are_the_top_of_all_wrong_rows() {
+        let row = |i: u64| {
+            // Scores with many ties (20 values), so ties by path matter.
+            let score = (SplitMix64(i).next() % 20) as f32 / 20.0;
+            let right = i % 3 == 0;
+            Row {
+                path: format!("c/{:05}.png", SplitMix64(i + 99).next() % 100_000),
+                label: "c".into(),
+                label_id: Some(0),
+                pred: None,
+                pred_id: Some(if right { 0 } else { 1 }),
+                score: Some(score),
+                topk_ids: Some(vec![if right { 0 } else { 1 }]),
+                topk_scores: Some(vec![score]),
+                correct: Some(right),
+                status: Status::Ok,
+                error: None,
+                warning: None,
+                attn_rollout: None,
+                extra: vec![],
+            }
+        };
+        let rows: Vec<Row> = (0..2000).map(row).collect();
+        let mut b = Builder::new(1);
+        for r in &rows {
+            b.add(r);
+        }
+        assert!(b.wrong.len() < 2 * MAX_MISTAKES);
+        let mut kept = b.wrong.clone();
+        kept.sort_by(mistake_order);
+        kept.truncate(MAX_MISTAKES);
+        let mut all: Vec<&Row> = rows.iter().filter(|r| r.correct == Some(false)).collect();
+        assert_eq!(b.wrong_total, all.len());
+        all.sort_by(|a, b| mistake_order(a, b));
+        let want: Vec<&str> = all[..MAX_MISTAKES]
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect();
+        let got: Vec<&str> = kept.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn bootstrap_in_parallel_equals_the_sequential_draws() {
         let flags: Vec<(bool, bool)> = (0..97).map(|i| (i % 7 < 4, i % 7 < 6)).collect();
         let n = flags.len();
