@@ -730,7 +730,7 @@ mod tests {
         let row = |i: u64| {
             // Scores with many ties (20 values), so ties by path matter.
             let score = (SplitMix64(i).next() % 20) as f32 / 20.0;
-            let right = i % 3 == 0;
+            let right = i.is_multiple_of(3);
             Row {
                 path: format!("c/{:05}.png", SplitMix64(i + 99).next() % 100_000),
                 label: "c".into(),
