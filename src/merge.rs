@@ -113,8 +113,13 @@ fn check(shards: &[ShardRun]) -> Result<usize> {
     Ok(n)
 }
 
-/// Rows read per slice when checking a shard's predictions.
+/// Rows read per slice when checking a shard's predictions (and at most per shard
+/// and step of the merge).
 const CHECK_CHUNK: usize = 4096;
+/// Rows of all shards together that one merge step holds.
+const MERGE_ROWS: usize = 64 * 1024;
+/// Rows per shard and merge step at least.
+const MIN_CHUNK: usize = 256;
 
 /// Check every row of the predictions file `file` of a shard with `identity`:
 /// probabilities finite and in [0, 1], class ids in range of the model's labels, and
@@ -248,8 +253,10 @@ pub fn merge(opts: &MergeOptions) -> Result<MetricsFile> {
     }
     // Shard k holds global entries k, k+n, k+2n, ...: positions p..p+m of every shard
     // interleaved round-robin are exactly the global rows p*n..(p+m)*n, so the merge
-    // streams chunk by chunk and memory stays at n*m rows whatever the dataset size.
-    let chunk = 4096usize;
+    // streams chunk by chunk and memory stays at n*m rows whatever the dataset size:
+    // about MERGE_ROWS rows in flight (at least MIN_CHUNK per shard, so that a
+    // thousand shards are not read a few rows at a time).
+    let chunk = (MERGE_ROWS / n).clamp(MIN_CHUNK, CHECK_CHUNK);
     let positions = total.div_ceil(n);
     let mut identity = shards[0].identity.clone();
     identity.shard = None;

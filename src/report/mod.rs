@@ -192,117 +192,158 @@ impl ReportData {
 
     /// Build the report data from rows and the metrics file; with `thumbnails`, the
     /// mistake cards' images are read again from the run's recorded source.
+    #[cfg(test)]
     pub(crate) fn build(rows: &[Row], file: MetricsFile, thumbnails: bool) -> Self {
+        let mut b = Builder::new(file.metrics.k);
+        for r in rows {
+            b.add(r);
+        }
+        b.finish(file, thumbnails)
+    }
+}
+
+/// [`ReportData`] built from rows streamed in order, one at a time: what it keeps
+/// grows with the rows only by two flags per labeled row (for the bootstrap); the
+/// failure list and the mistake candidates are bounded. So a report of a million
+/// rows never holds the rows themselves.
+pub(crate) struct Builder {
+    k: usize,
+    /// (top-1 right, in top k) of each labeled row, in order (a failed one neither).
+    labeled_flags: Vec<(bool, bool)>,
+    evaluated: usize,
+    hist: ScoreHistogram,
+    failures: Vec<Failure>,
+    failures_total: usize,
+    /// The most confidently wrong rows seen so far (at most 2 x [`MAX_MISTAKES`]).
+    wrong: Vec<Row>,
+    wrong_total: usize,
+    row_warnings: usize,
+    rows: usize,
+}
+
+/// Most confident first, ties by path: the order of the mistake cards.
+fn mistake_order(a: &Row, b: &Row) -> std::cmp::Ordering {
+    b.score
+        .unwrap_or(0.0)
+        .total_cmp(&a.score.unwrap_or(0.0))
+        .then_with(|| a.path.cmp(&b.path))
+}
+
+impl Builder {
+    pub(crate) fn new(k: usize) -> Self {
+        Builder {
+            k,
+            labeled_flags: Vec::new(),
+            evaluated: 0,
+            hist: ScoreHistogram {
+                right: vec![0; HIST_BINS],
+                wrong: vec![0; HIST_BINS],
+            },
+            failures: Vec::new(),
+            failures_total: 0,
+            wrong: Vec::new(),
+            wrong_total: 0,
+            row_warnings: 0,
+            rows: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, r: &Row) {
+        self.rows += 1;
         // The intervals are of `top1` / `topk`: over the labeled rows, a failed one
         // counted wrong (see `metrics::Metrics::top1`).
-        let labeled: Vec<&Row> = rows.iter().filter(|r| r.label_id.is_some()).collect();
-        let labeled_flags = right_flags(&labeled, file.metrics.k);
-        let evaluated: Vec<&Row> = rows.iter().filter(|r| is_evaluated(r)).collect();
-        let flags = right_flags(&evaluated, file.metrics.k);
-        let resample = if evaluated.is_empty() {
+        if r.label_id.is_some() {
+            self.labeled_flags.push(right_flag(r, self.k));
+        }
+        if r.status == Status::Error {
+            self.failures_total += 1;
+            if self.failures.len() < MAX_FAILURES {
+                self.failures.push(Failure {
+                    path: r.path.clone(),
+                    label: r.label.clone(),
+                    error: r.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        if r.status == Status::Ok && r.warning.is_some() {
+            self.row_warnings += 1;
+        }
+        if !is_evaluated(r) {
+            return;
+        }
+        self.evaluated += 1;
+        let (right, _) = right_flag(r, self.k);
+        let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
+        let bin = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
+        if right {
+            self.hist.right[bin] += 1;
+            return;
+        }
+        self.hist.wrong[bin] += 1;
+        self.wrong_total += 1;
+        let full = self.wrong.len() >= MAX_MISTAKES;
+        if full
+            && self
+                .wrong
+                .iter()
+                .all(|w| mistake_order(w, r) == std::cmp::Ordering::Less)
+        {
+            // Every kept candidate comes before r: r is not among the top.
+            return;
+        }
+        self.wrong.push(r.clone());
+        if self.wrong.len() >= 2 * MAX_MISTAKES {
+            self.wrong.sort_by(mistake_order);
+            self.wrong.truncate(MAX_MISTAKES);
+        }
+    }
+
+    pub(crate) fn finish(self, file: MetricsFile, thumbnails: bool) -> ReportData {
+        let resample = if self.evaluated == 0 {
             &[][..]
         } else {
-            &labeled_flags[..]
+            &self.labeled_flags[..]
         };
         let (top1_ci, topk_ci) = match bootstrap(resample, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        let hist = score_histogram(&evaluated, &flags);
         let pairs = confused_pairs(&file.metrics, MAX_PAIRS);
-        let (failures, failures_total) = failures(rows);
-        let wrong: Vec<&Row> = evaluated
-            .iter()
-            .zip(&flags)
-            .filter(|(_, f)| !f.0)
-            .map(|(r, _)| *r)
-            .collect();
-        let wrong_total = wrong.len();
-        let mistakes = hardest_mistakes(wrong, &file, thumbnails);
-        let row_warnings = rows
-            .iter()
-            .filter(|r| r.status == Status::Ok && r.warning.is_some())
-            .count();
+        let mistakes = hardest_mistakes(self.wrong.iter().collect(), &file, thumbnails);
         ReportData {
             file,
             top1_ci,
             topk_ci,
             pairs,
-            failures,
-            failures_total,
+            failures: self.failures,
+            failures_total: self.failures_total,
             mistakes,
-            wrong_total,
-            hist,
-            row_warnings,
+            wrong_total: self.wrong_total,
+            hist: self.hist,
+            row_warnings: self.row_warnings,
         }
     }
 }
 
-/// (top-1 right, true class in the top k) of each labeled row; a failed row is
-/// neither.
-fn right_flags(labeled: &[&Row], k: usize) -> Vec<(bool, bool)> {
-    labeled
-        .iter()
-        .map(|r| {
-            let t = r.label_id.expect("labeled");
-            if r.status != Status::Ok {
-                return (false, false);
-            }
-            let right = r.pred_id == Some(t);
-            let in_k = r
-                .topk_ids
-                .as_deref()
-                .map(|ids| ids.iter().take(k).any(|&i| i == t))
-                .unwrap_or(right);
-            (right, in_k)
-        })
-        .collect()
-}
-
-/// Top-1 scores of the evaluated rows in [`HIST_BINS`] bins, right and wrong apart.
-fn score_histogram(evaluated: &[&Row], flags: &[(bool, bool)]) -> ScoreHistogram {
-    let mut hist = ScoreHistogram {
-        right: vec![0; HIST_BINS],
-        wrong: vec![0; HIST_BINS],
-    };
-    for (r, &(right, _)) in evaluated.iter().zip(flags) {
-        let s = r.score.unwrap_or(0.0).clamp(0.0, 1.0) as f64;
-        let b = ((s * HIST_BINS as f64).floor() as usize).min(HIST_BINS - 1);
-        if right {
-            hist.right[b] += 1;
-        } else {
-            hist.wrong[b] += 1;
-        }
+/// (top-1 right, true class in the top k) of a labeled row; a failed row is neither.
+fn right_flag(r: &Row, k: usize) -> (bool, bool) {
+    let t = r.label_id.expect("labeled");
+    if r.status != Status::Ok {
+        return (false, false);
     }
-    hist
-}
-
-/// The first [`MAX_FAILURES`] failed rows, and how many failed in all.
-fn failures(rows: &[Row]) -> (Vec<Failure>, usize) {
-    let mut total = 0;
-    let mut listed = Vec::new();
-    for r in rows.iter().filter(|r| r.status == Status::Error) {
-        total += 1;
-        if listed.len() < MAX_FAILURES {
-            listed.push(Failure {
-                path: r.path.clone(),
-                label: r.label.clone(),
-                error: r.error.clone().unwrap_or_default(),
-            });
-        }
-    }
-    (listed, total)
+    let right = r.pred_id == Some(t);
+    let in_k = r
+        .topk_ids
+        .as_deref()
+        .map(|ids| ids.iter().take(k).any(|&i| i == t))
+        .unwrap_or(right);
+    (right, in_k)
 }
 
 /// The [`MAX_MISTAKES`] most confidently wrong of `wrong` (ties by path), each with
 /// its thumbnail and, for an attention model, its rollout overlay.
 fn hardest_mistakes(mut wrong: Vec<&Row>, file: &MetricsFile, thumbnails: bool) -> Vec<Mistake> {
-    wrong.sort_by(|a, b| {
-        b.score
-            .unwrap_or(0.0)
-            .total_cmp(&a.score.unwrap_or(0.0))
-            .then_with(|| a.path.cmp(&b.path))
-    });
+    wrong.sort_by(|a, b| mistake_order(a, b));
     wrong.truncate(MAX_MISTAKES);
     // Rollout overlays need the run's preprocessing (to show the model's view).
     let overlay = file.run.attention.as_ref().and_then(|a| {
@@ -419,8 +460,15 @@ pub(crate) fn confused_pairs(m: &Metrics, n: usize) -> Vec<ConfusedPair> {
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// The generator seeded with `seed` after `draws` calls of `next`.
+    fn at(seed: u64, draws: u64) -> Self {
+        SplitMix64(seed.wrapping_add(Self::GAMMA.wrapping_mul(draws)))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(Self::GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -443,19 +491,23 @@ pub(crate) fn bootstrap(
     if n == 0 || resamples == 0 {
         return None;
     }
-    let mut rng = SplitMix64(seed);
-    let mut a = Vec::with_capacity(resamples);
-    let mut b = Vec::with_capacity(resamples);
-    for _ in 0..resamples {
-        let (mut r1, mut rk) = (0u64, 0u64);
-        for _ in 0..n {
-            let (x, y) = flags[rng.below(n)];
-            r1 += x as u64;
-            rk += y as u64;
-        }
-        a.push(r1 as f64 / n as f64);
-        b.push(rk as f64 / n as f64);
-    }
+    // One generator draws every index of every resample in turn. SplitMix64's state
+    // after j draws is seed + j * GAMMA, so resample r starts at draw r * n: the
+    // resamples run in parallel and the intervals are exactly the sequential ones.
+    let (a, b): (Vec<f64>, Vec<f64>) = (0..resamples)
+        .into_par_iter()
+        .map(|r| {
+            let mut rng = SplitMix64::at(seed, r as u64 * n as u64);
+            let (mut r1, mut rk) = (0u64, 0u64);
+            for _ in 0..n {
+                let (x, y) = flags[rng.below(n)];
+                r1 += x as u64;
+                rk += y as u64;
+            }
+            (r1 as f64 / n as f64, rk as f64 / n as f64)
+        })
+        .unzip();
+    let (mut a, mut b) = (a, b);
     Some((percentile_interval(&mut a), percentile_interval(&mut b)))
 }
 
@@ -547,23 +599,33 @@ pub(crate) fn rollout_image(
     }))
 }
 
-/// Read a run folder into report data.
-pub fn load(run_dir: &Path) -> Result<(Vec<Row>, ReportData)> {
+/// Rows read at a time by [`load`].
+const LOAD_CHUNK: usize = 16 * 1024;
+
+/// Read a run folder into report data, streaming its predictions in slices (memory
+/// stays flat in the number of rows); also returns the number of rows.
+pub fn load(run_dir: &Path) -> Result<(usize, ReportData)> {
     let run = Run::open(run_dir)?;
-    let rows = run.rows()?;
+    let path = run.predictions_path();
     let file = run.metrics;
-    if rows.len() as u64 != file.metrics.counts.images {
+    let total = crate::record::parquet_rows(&path)?;
+    let mut b = Builder::new(file.metrics.k);
+    for offset in (0..total).step_by(LOAD_CHUNK) {
+        for r in &crate::record::read_parquet_slice(&path, offset, LOAD_CHUNK)? {
+            b.add(r);
+        }
+    }
+    if b.rows != total || b.rows as u64 != file.metrics.counts.images {
         return Err(Error::Corrupt {
-            path: run_dir.join(crate::run::PREDICTIONS),
+            path,
             what: format!(
                 "holds {} rows but metrics.json counts {} images: the run folder is inconsistent",
-                rows.len(),
-                file.metrics.counts.images
+                b.rows, file.metrics.counts.images
             ),
         });
     }
-    let data = ReportData::build(&rows, file, true);
-    Ok((rows, data))
+    let rows = b.rows;
+    Ok((rows, b.finish(file, true)))
 }
 
 /// Render the report of a run folder from `predictions.parquet` + `metrics.json`.
@@ -600,7 +662,7 @@ pub fn render(opts: &ReportOptions) -> Result<ReportSummary> {
     Ok(ReportSummary {
         out_dir,
         files,
-        rows: rows.len(),
+        rows,
         classes: data.metrics().per_class.len(),
     })
 }
@@ -669,6 +731,74 @@ mod tests {
         let all = vec![(true, true); 50];
         let (c, _) = bootstrap(&all, 100, 1).unwrap();
         assert_eq!((c.lo, c.hi), (1.0, 1.0));
+    }
+
+    #[test]
+    fn streamed_mistakes_are_the_top_of_all_wrong_rows() {
+        let row = |i: u64| {
+            // Scores with many ties (20 values), so ties by path matter.
+            let score = (SplitMix64(i).next() % 20) as f32 / 20.0;
+            let right = i.is_multiple_of(3);
+            Row {
+                path: format!("c/{:05}.png", SplitMix64(i + 99).next() % 100_000),
+                label: "c".into(),
+                label_id: Some(0),
+                pred: None,
+                pred_id: Some(if right { 0 } else { 1 }),
+                score: Some(score),
+                topk_ids: Some(vec![if right { 0 } else { 1 }]),
+                topk_scores: Some(vec![score]),
+                correct: Some(right),
+                status: Status::Ok,
+                error: None,
+                warning: None,
+                attn_rollout: None,
+                extra: vec![],
+            }
+        };
+        let rows: Vec<Row> = (0..2000).map(row).collect();
+        let mut b = Builder::new(1);
+        for r in &rows {
+            b.add(r);
+        }
+        assert!(b.wrong.len() < 2 * MAX_MISTAKES);
+        let mut kept = b.wrong.clone();
+        kept.sort_by(mistake_order);
+        kept.truncate(MAX_MISTAKES);
+        let mut all: Vec<&Row> = rows.iter().filter(|r| r.correct == Some(false)).collect();
+        assert_eq!(b.wrong_total, all.len());
+        all.sort_by(|a, b| mistake_order(a, b));
+        let want: Vec<&str> = all[..MAX_MISTAKES]
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect();
+        let got: Vec<&str> = kept.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bootstrap_in_parallel_equals_the_sequential_draws() {
+        let flags: Vec<(bool, bool)> = (0..97).map(|i| (i % 7 < 4, i % 7 < 6)).collect();
+        let n = flags.len();
+        let mut rng = SplitMix64(7);
+        let (mut a, mut b) = (vec![], vec![]);
+        for _ in 0..200 {
+            let (mut r1, mut rk) = (0u64, 0u64);
+            for _ in 0..n {
+                let (x, y) = flags[rng.below(n)];
+                r1 += x as u64;
+                rk += y as u64;
+            }
+            a.push(r1 as f64 / n as f64);
+            b.push(rk as f64 / n as f64);
+        }
+        let sequential = (percentile_interval(&mut a), percentile_interval(&mut b));
+        assert_eq!(bootstrap(&flags, 200, 7).unwrap(), sequential);
+        let mut s = SplitMix64(7);
+        for _ in 0..1000 {
+            s.next();
+        }
+        assert_eq!(SplitMix64::at(7, 1000).next(), s.next());
     }
 
     #[test]
