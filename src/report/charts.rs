@@ -11,9 +11,9 @@
 use std::sync::Once;
 
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::FontTransform;
+use plotters::style::text_anchor::{HPos, VPos};
 
+use super::label::Label;
 use super::{Exporter, Format, Output, ReportData, HIST_BINS};
 use crate::error::{Error, Result};
 use crate::metrics::{ClassStats, Confusion};
@@ -144,7 +144,7 @@ impl Charts {
             file: "confidence.png",
             title: "Top-1 confidence, right vs wrong".into(),
             caption: format!(
-                "Top-1 softmax score of the {} evaluated images, {HIST_BINS} bins.",
+                "Top-1 softmax score of the {} evaluated images, {HIST_BINS} bins; each group's bars are shares of that group's images (right and wrong sum to 100% each), so rare errors stay visible.",
                 m.counts.evaluated
             ),
             width: w,
@@ -245,12 +245,7 @@ fn short(s: &str) -> String {
 
 /// Width in pixels of `s` at `size` (DejaVu Sans).
 fn text_width(s: &str, size: f64) -> u32 {
-    register_font();
-    font(size)
-        .font
-        .box_size(s)
-        .map(|(w, _)| w)
-        .unwrap_or((s.chars().count() as f64 * size * 0.6) as u32)
+    super::label::width(s, size).ceil() as u32
 }
 
 /// Sequential colour map (white → dark blue, like matplotlib's "Blues"): `v` in 0..=1.
@@ -348,7 +343,7 @@ pub(crate) fn confusion_heatmap(
         "Confusion matrix (counts)"
     };
     let png = draw_png(hm.w, hm.h, |root| {
-        root.draw(&Text::new(title, (hm.x0 as i32, 14), font(18.0)))
+        root.draw(&Label::new(title, (hm.x0 as i32, 14), 18.0))
             .map_err(chart_err)?;
         hm.draw_cells(root)?;
         hm.draw_labels(root)?;
@@ -482,13 +477,15 @@ impl<'a> Heatmap<'a> {
                     } else {
                         BLACK
                     };
-                    root.draw(&Text::new(
-                        text,
-                        ((cx + cell / 2) as i32, (cy + cell / 2) as i32),
-                        font(num_size)
-                            .color(&color)
-                            .pos(Pos::new(HPos::Center, VPos::Center)),
-                    ))
+                    root.draw(
+                        &Label::new(
+                            text,
+                            ((cx + cell / 2) as i32, (cy + cell / 2) as i32),
+                            num_size,
+                        )
+                        .color(color)
+                        .anchor(HPos::Center, VPos::Center),
+                    )
                     .map_err(d)?;
                 }
             }
@@ -511,34 +508,40 @@ impl<'a> Heatmap<'a> {
         let d = |e| chart_err(e);
         for (i, l) in self.labels.iter().enumerate() {
             let mid = (i as u32 * cell + cell / 2) as i32;
-            root.draw(&Text::new(
-                l.clone(),
-                ((x0 - 6) as i32, y0 as i32 + mid),
-                font(self.label_size).pos(Pos::new(HPos::Right, VPos::Center)),
-            ))
+            root.draw(
+                &Label::new(
+                    l.clone(),
+                    ((x0 - 6) as i32, y0 as i32 + mid),
+                    self.label_size,
+                )
+                .anchor(HPos::Right, VPos::Center),
+            )
             .map_err(d)?;
-            root.draw(&Text::new(
-                l.clone(),
-                (x0 as i32 + mid, (y0 + grid + 6) as i32),
-                font(self.label_size)
-                    .transform(FontTransform::Rotate270)
-                    .pos(Pos::new(HPos::Right, VPos::Center)),
-            ))
+            root.draw(
+                &Label::new(
+                    l.clone(),
+                    (x0 as i32 + mid, (y0 + grid + 6) as i32),
+                    self.label_size,
+                )
+                .rotate270()
+                .anchor(HPos::Right, VPos::Center),
+            )
             .map_err(d)?;
         }
-        root.draw(&Text::new(
-            "True class",
-            (12, (y0 + grid / 2) as i32),
-            font(14.0)
-                .transform(FontTransform::Rotate270)
-                .pos(Pos::new(HPos::Center, VPos::Center)),
-        ))
+        root.draw(
+            &Label::new("True class", (12, (y0 + grid / 2) as i32), 14.0)
+                .rotate270()
+                .anchor(HPos::Center, VPos::Center),
+        )
         .map_err(d)?;
-        root.draw(&Text::new(
-            "Predicted class",
-            ((x0 + grid / 2) as i32, (self.h - 16) as i32),
-            font(14.0).pos(Pos::new(HPos::Center, VPos::Center)),
-        ))
+        root.draw(
+            &Label::new(
+                "Predicted class",
+                ((x0 + grid / 2) as i32, (self.h - 16) as i32),
+                14.0,
+            )
+            .anchor(HPos::Center, VPos::Center),
+        )
         .map_err(d)?;
         Ok(())
     }
@@ -567,18 +570,10 @@ impl<'a> Heatmap<'a> {
         } else {
             format!("{}", self.vmax as u64)
         };
-        root.draw(&Text::new(
-            top,
-            (bx + 20, y0),
-            font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(d)?;
-        root.draw(&Text::new(
-            "0",
-            (bx + 20, y0 + bh),
-            font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(d)?;
+        root.draw(&Label::new(top, (bx + 20, y0), 12.0).anchor(HPos::Left, VPos::Center))
+            .map_err(d)?;
+        root.draw(&Label::new("0", (bx + 20, y0 + bh), 12.0).anchor(HPos::Left, VPos::Center))
+            .map_err(d)?;
         Ok(())
     }
 }
@@ -648,7 +643,7 @@ fn share_bars(title: &str, bars: &[(String, f64)]) -> Result<(Vec<u8>, u32, u32)
     let h = y0 + row * bars.len().max(1) as u32 + 40;
     let png = draw_png(w, h, |root| {
         let d = |e| chart_err(e);
-        root.draw(&Text::new(title.clone(), (20, 14), font(18.0)))
+        root.draw(&Label::new(title.clone(), (20, 14), 18.0))
             .map_err(d)?;
         for (i, (l, v)) in bars.iter().enumerate() {
             let y = (y0 + i as u32 * row) as i32;
@@ -659,17 +654,19 @@ fn share_bars(title: &str, bars: &[(String, f64)]) -> Result<(Vec<u8>, u32, u32)
                 color.filled(),
             ))
             .map_err(d)?;
-            root.draw(&Text::new(
-                l.clone(),
-                ((x0 - 6) as i32, y + row as i32 / 2),
-                font(size).pos(Pos::new(HPos::Right, VPos::Center)),
-            ))
+            root.draw(
+                &Label::new(l.clone(), ((x0 - 6) as i32, y + row as i32 / 2), size)
+                    .anchor(HPos::Right, VPos::Center),
+            )
             .map_err(d)?;
-            root.draw(&Text::new(
-                super::pct(*v),
-                (x0 as i32 + len + 4, y + row as i32 / 2),
-                font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
-            ))
+            root.draw(
+                &Label::new(
+                    super::pct(*v),
+                    (x0 as i32 + len + 4, y + row as i32 / 2),
+                    12.0,
+                )
+                .anchor(HPos::Left, VPos::Center),
+            )
             .map_err(d)?;
         }
         let yb = (y0 + row * bars.len().max(1) as u32) as i32;
@@ -690,11 +687,10 @@ fn share_bars(title: &str, bars: &[(String, f64)]) -> Result<(Vec<u8>, u32, u32)
                 BLACK.stroke_width(1),
             ))
             .map_err(d)?;
-            root.draw(&Text::new(
-                format!("{}%", q * 25),
-                (x, yb + 6),
-                font(11.0).pos(Pos::new(HPos::Center, VPos::Top)),
-            ))
+            root.draw(
+                &Label::new(format!("{}%", q * 25), (x, yb + 6), 11.0)
+                    .anchor(HPos::Center, VPos::Top),
+            )
             .map_err(d)?;
         }
         Ok(())
@@ -708,7 +704,20 @@ const WRONG: RGBColor = RGBColor(214, 39, 40);
 fn confidence_histogram(right: &[u64], wrong: &[u64]) -> Result<(Vec<u8>, u32, u32)> {
     let (w, h) = (620u32, 420u32);
     let bins = right.len().max(1);
-    let ymax = right.iter().chain(wrong).copied().max().unwrap_or(0).max(1);
+    // Each group as a share of its own images: with rare errors (13 wrong beside 347
+    // right) counts on one axis would leave the wrong bars a pixel high.
+    let share = |counts: &[u64]| -> Vec<f64> {
+        let n = counts.iter().sum::<u64>().max(1) as f64;
+        counts.iter().map(|&c| c as f64 / n).collect()
+    };
+    let (nr, nw): (u64, u64) = (right.iter().sum(), wrong.iter().sum());
+    let (right_s, wrong_s) = (share(right), share(wrong));
+    let ymax = right_s
+        .iter()
+        .chain(&wrong_s)
+        .copied()
+        .fold(0.0, f64::max)
+        .max(0.01);
     let png = draw_png(w, h, |root| {
         let d = |e| chart_err(e);
         let mut chart = ChartBuilder::on(root)
@@ -716,7 +725,7 @@ fn confidence_histogram(right: &[u64], wrong: &[u64]) -> Result<(Vec<u8>, u32, u
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(64)
-            .build_cartesian_2d(0f64..1f64, 0f64..(ymax as f64 * 1.08))
+            .build_cartesian_2d(0f64..1f64, 0f64..(ymax * 1.08))
             .map_err(d)?;
         chart
             .configure_mesh()
@@ -724,36 +733,33 @@ fn confidence_histogram(right: &[u64], wrong: &[u64]) -> Result<(Vec<u8>, u32, u
             .light_line_style(WHITE)
             .bold_line_style(RGBColor(225, 225, 225))
             .x_desc("top-1 score")
-            .y_desc("images")
+            .y_desc("share of the group's images")
             .label_style(font(12.0))
             .axis_desc_style(font(14.0))
-            .y_label_formatter(&|v| format!("{}", v.round() as u64))
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .draw()
             .map_err(d)?;
         let bw = 1.0 / bins as f64;
-        let series = |counts: &[u64], offset: f64, color: RGBColor| {
-            counts
+        let series = |shares: &[f64], offset: f64, color: RGBColor| {
+            shares
                 .iter()
                 .enumerate()
-                .filter(|(_, &c)| c > 0)
+                .filter(|(_, &c)| c > 0.0)
                 .map(|(i, &c)| {
                     let x = i as f64 * bw + offset * bw;
-                    Rectangle::new(
-                        [(x + 0.04 * bw, 0.0), (x + 0.5 * bw, c as f64)],
-                        color.filled(),
-                    )
+                    Rectangle::new([(x + 0.04 * bw, 0.0), (x + 0.5 * bw, c)], color.filled())
                 })
                 .collect::<Vec<_>>()
         };
         chart
-            .draw_series(series(right, 0.0, RIGHT))
+            .draw_series(series(&right_s, 0.0, RIGHT))
             .map_err(d)?
-            .label("right")
+            .label(format!("right (n={nr})"))
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RIGHT.filled()));
         chart
-            .draw_series(series(wrong, 0.46, WRONG))
+            .draw_series(series(&wrong_s, 0.46, WRONG))
             .map_err(d)?
-            .label("wrong")
+            .label(format!("wrong (n={nw})"))
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], WRONG.filled()));
         legend(&mut chart)
     })?;

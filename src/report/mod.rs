@@ -29,6 +29,7 @@ pub(crate) mod escape;
 pub(crate) mod gate;
 pub(crate) mod html;
 pub(crate) mod json;
+pub(crate) mod label;
 pub(crate) mod markdown;
 
 use std::path::{Path, PathBuf};
