@@ -95,8 +95,12 @@ pub struct Calibration {
     pub bins: Vec<CalibrationBin>,
 }
 
-/// The confusion matrix of the evaluated rows.
+/// The confusion matrix of the evaluated rows. Dense in memory; in `metrics.json` it is
+/// sparse: `cells` lists `[true index, predicted index, count]` for the non-zero cells
+/// (indices into `ids`), row by row, so 1,000 classes take kilobytes, not megabytes. A
+/// dense `matrix` (metrics.json schema 1) is still read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "ConfusionFile", into = "ConfusionFile")]
 pub struct Confusion {
     /// Model class ids of the rows/columns (labels present in truth or predictions).
     pub ids: Vec<usize>,
@@ -104,6 +108,75 @@ pub struct Confusion {
     pub labels: Vec<String>,
     /// `matrix[true][pred]` counts.
     pub matrix: Vec<Vec<u64>>,
+}
+
+/// [`Confusion`] as `metrics.json` stores it.
+#[derive(Serialize, Deserialize)]
+struct ConfusionFile {
+    ids: Vec<usize>,
+    labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cells: Option<Vec<[u64; 3]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    matrix: Option<Vec<Vec<u64>>>,
+}
+
+impl From<Confusion> for ConfusionFile {
+    fn from(c: Confusion) -> Self {
+        let cells = c
+            .matrix
+            .iter()
+            .enumerate()
+            .flat_map(|(t, row)| {
+                row.iter()
+                    .enumerate()
+                    .filter(|(_, &n)| n > 0)
+                    .map(move |(p, &n)| [t as u64, p as u64, n])
+            })
+            .collect();
+        ConfusionFile {
+            ids: c.ids,
+            labels: c.labels,
+            cells: Some(cells),
+            matrix: None,
+        }
+    }
+}
+
+impl TryFrom<ConfusionFile> for Confusion {
+    type Error = String;
+    fn try_from(f: ConfusionFile) -> std::result::Result<Self, String> {
+        let n = f.ids.len();
+        if f.labels.len() != n {
+            return Err(format!(
+                "confusion: {} ids but {} labels",
+                n,
+                f.labels.len()
+            ));
+        }
+        let matrix = match (f.cells, f.matrix) {
+            (Some(cells), None) => {
+                let mut m = vec![vec![0u64; n]; n];
+                for [t, p, c] in cells {
+                    let (t, p) = (t as usize, p as usize);
+                    if t >= n || p >= n {
+                        return Err(format!("confusion cell [{t}, {p}] is outside {n} classes"));
+                    }
+                    m[t][p] += c;
+                }
+                m
+            }
+            (None, Some(m)) if m.len() == n && m.iter().all(|r| r.len() == n) => m,
+            (None, Some(_)) => return Err(format!("confusion matrix is not {n} x {n}")),
+            (None, None) => vec![vec![0; n]; n],
+            (Some(_), Some(_)) => return Err("confusion has both cells and matrix".into()),
+        };
+        Ok(Confusion {
+            ids: f.ids,
+            labels: f.labels,
+            matrix,
+        })
+    }
 }
 
 impl Confusion {
@@ -456,6 +529,27 @@ pub(crate) fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn confusion_is_stored_sparse_and_dense_files_still_read() {
+        let c = Confusion {
+            ids: vec![0, 3],
+            labels: vec!["a".into(), "d".into()],
+            matrix: vec![vec![5, 0], vec![2, 7]],
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["cells"],
+            serde_json::json!([[0, 0, 5], [1, 0, 2], [1, 1, 7]])
+        );
+        assert!(v.get("matrix").is_none());
+        assert_eq!(serde_json::from_value::<Confusion>(v).unwrap(), c);
+        let dense =
+            serde_json::json!({"ids": [0, 3], "labels": ["a", "d"], "matrix": [[5, 0], [2, 7]]});
+        assert_eq!(serde_json::from_value::<Confusion>(dense).unwrap(), c);
+        let bad = serde_json::json!({"ids": [0, 3], "labels": ["a", "d"], "cells": [[0, 2, 1]]});
+        assert!(serde_json::from_value::<Confusion>(bad).is_err());
+    }
+
     use super::*;
     use crate::record::Row;
     use proptest::prelude::*;

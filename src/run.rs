@@ -307,6 +307,9 @@ fn folder() -> String {
 /// `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MetricsFile {
+    /// The layout of this file: 2 = sparse confusion cells (1, absent: a dense matrix).
+    #[serde(default = "schema_one")]
+    pub schema_version: u32,
     /// The metrics themselves.
     #[serde(flatten)]
     pub metrics: Metrics,
@@ -316,14 +319,31 @@ pub struct MetricsFile {
     pub run: RunInfo,
 }
 
+/// The `metrics.json` layout this version writes (and the newest it reads).
+pub const METRICS_SCHEMA_VERSION: u32 = 2;
+
+fn schema_one() -> u32 {
+    1
+}
+
 impl MetricsFile {
-    /// Read a `metrics.json` file.
+    /// Read a `metrics.json` file (this layout or an older one).
     pub(crate) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+        let mf: MetricsFile = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
             what: format!("not a vit-batch metrics.json: {e}"),
-        })
+        })?;
+        if mf.schema_version > METRICS_SCHEMA_VERSION {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "metrics.json schema {} is newer than this vit-batch reads ({METRICS_SCHEMA_VERSION}): upgrade vit-batch",
+                    mf.schema_version
+                ),
+            });
+        }
+        Ok(mf)
     }
 }
 
@@ -799,14 +819,16 @@ pub(crate) fn write_outputs(
         }),
     )?;
     let mf = MetricsFile {
+        schema_version: METRICS_SCHEMA_VERSION,
         metrics: acc.finish(&identity.model_labels),
         throughput,
         run,
     };
-    crate::fs::atomic_write_bytes(
-        &out.join(METRICS_JSON),
-        serde_json::to_string_pretty(&mf)?.as_bytes(),
-    )?;
+    // Compact: at 1,000 classes the pretty-printed file was megabytes of whitespace
+    // (`jq . metrics.json` shows it indented).
+    let mut text = serde_json::to_string(&mf)?;
+    text.push('\n');
+    crate::fs::atomic_write_bytes(&out.join(METRICS_JSON), text.as_bytes())?;
     Ok(mf)
 }
 

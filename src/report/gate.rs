@@ -438,6 +438,7 @@ mod tests {
             .map(|(i, c)| (c.clone(), i))
             .collect();
         let metrics = MetricsFile {
+            schema_version: crate::run::METRICS_SCHEMA_VERSION,
             metrics: crate::metrics::compute(&rows, labels, 1, 0),
             throughput: Throughput::new(rows.len() as u64, 1.0, vec![]),
             run: RunInfo {

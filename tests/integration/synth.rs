@@ -195,6 +195,7 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
         .map(|c| (c.clone(), "name".to_string()))
         .collect();
     let file = MetricsFile {
+        schema_version: vit_batch::run::METRICS_SCHEMA_VERSION,
         metrics,
         throughput: Throughput {
             scored: rows.len() as u64,
