@@ -32,6 +32,34 @@ fn assert_thumbnails(run: &Path) {
     assert!(html.matches("data:image/jpeg;base64,").count() >= 10);
 }
 
+/// The figures two runs of the same images must share.
+const FIGURES: &[&str] = &[
+    "counts",
+    "top1",
+    "topk",
+    "per_class",
+    "confusion",
+    "calibration",
+];
+
+/// Both runs' `metrics.json`, asserting the `keys` equal.
+fn same_metrics(a: &Path, b: &Path, keys: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    let (ma, mb) = (
+        read_json(&a.join("metrics.json")),
+        read_json(&b.join("metrics.json")),
+    );
+    for key in keys {
+        assert_eq!(
+            ma[key],
+            mb[key],
+            "{key}: {} vs {}",
+            a.display(),
+            b.display()
+        );
+    }
+    (ma, mb)
+}
+
 fn without_extra(rows: &[Row]) -> Vec<Row> {
     rows.iter()
         .cloned()
@@ -62,20 +90,7 @@ fn a_csv_manifest_scores_like_the_folder_and_slices_the_metrics() {
     assert!(b
         .iter()
         .all(|r| matches!(&r.extra[..], [(n, Extra::Str(s))] if n == "site" && s.len() == 1)));
-    let (ma, mb) = (
-        read_json(&folder.join("metrics.json")),
-        read_json(&listed.join("metrics.json")),
-    );
-    for key in [
-        "counts",
-        "top1",
-        "topk",
-        "per_class",
-        "confusion",
-        "calibration",
-    ] {
-        assert_eq!(ma[key], mb[key], "{key}");
-    }
+    let (ma, mb) = same_metrics(&folder, &listed, FIGURES);
     // One slice per site; together they are the whole run.
     let slices = mb["slices"].as_array().unwrap();
     let sites: Vec<&str> = slices
@@ -262,13 +277,7 @@ fn webdataset_shards_score_like_the_folder_without_unpacking() {
         "{}",
         b[0].path
     );
-    let (ma, mb) = (
-        read_json(&folder.join("metrics.json")),
-        read_json(&shards.join("metrics.json")),
-    );
-    for key in ["counts", "top1", "topk", "per_class", "confusion"] {
-        assert_eq!(ma[key], mb[key], "{key}");
-    }
+    let (_, mb) = same_metrics(&folder, &shards, FIGURES);
     assert_eq!(mb["run"]["dataset_format"], "wds");
 
     // A truncated shard is exit 2 before anything is scored, naming the shard.
@@ -387,20 +396,7 @@ fn hugging_face_parquet_scores_like_the_folder() {
     assert!(b
         .iter()
         .all(|r| matches!(&r.extra[..], [(n, Extra::Str(_))] if n == "site")));
-    let (ma, mb) = (
-        read_json(&folder.join("metrics.json")),
-        read_json(&hf.join("metrics.json")),
-    );
-    for key in [
-        "counts",
-        "top1",
-        "topk",
-        "per_class",
-        "confusion",
-        "calibration",
-    ] {
-        assert_eq!(ma[key], mb[key], "{key}");
-    }
+    let (_, mb) = same_metrics(&folder, &hf, FIGURES);
     assert_eq!(mb["run"]["dataset_format"], "hf-parquet");
     let sites: Vec<&str> = mb["slices"]
         .as_array()
@@ -667,10 +663,7 @@ fn every_source_shards_resumes_and_merges_like_one_run() {
         let same = |other: &Path, what: &str| {
             let b = read_parquet(&other.join("predictions.parquet")).unwrap();
             assert!(a == b, "{name} {what}: rows differ from the single run");
-            let mb = read_json(&other.join("metrics.json"));
-            for key in ["counts", "top1", "topk", "per_class", "confusion", "slices"] {
-                assert_eq!(ma[key], mb[key], "{name} {what}: {key}");
-            }
+            same_metrics(&single, other, &[FIGURES, &["slices"]].concat());
         };
 
         // Three shards, merged in any order.
