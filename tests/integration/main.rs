@@ -7,6 +7,7 @@ mod compare;
 mod datasets;
 mod export;
 mod honest;
+mod openvino;
 mod parquet_readers;
 mod preprocess;
 mod reference_vit;
