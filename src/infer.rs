@@ -500,3 +500,61 @@ fn inspect(session: &Session) -> Result<ModelIo, String> {
         producer,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::CpuInfo;
+
+    fn opts(provider: Provider, precision: Precision) -> EngineOptions {
+        EngineOptions {
+            provider,
+            precision,
+            openvino_lib: None,
+            intra_threads: 1,
+            spinning: true,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn bf16_needs_openvino_and_a_bf16_cpu() {
+        let zen3 = CpuInfo::parse("model name : AMD EPYC 7B13\nflags : avx avx2 fma\n");
+        let xeon = CpuInfo::parse("model name : Intel Xeon\nflags : avx2 avx512f avx512_bf16\n");
+        let amx = CpuInfo::parse("model name : Intel Xeon\nflags : avx2 amx_bf16 amx_tile\n");
+        for p in [Provider::Cpu, Provider::Cuda, Provider::Openvino] {
+            assert!(check_precision(&opts(p, Precision::Fp32), &zen3).is_ok());
+        }
+        let msg = check_precision(&opts(Provider::Openvino, Precision::Bf16), &zen3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("neither avx512_bf16 nor amx_bf16") && msg.contains("AMD EPYC 7B13"),
+            "{msg}"
+        );
+        assert!(check_precision(&opts(Provider::Openvino, Precision::Bf16), &xeon).is_ok());
+        assert!(check_precision(&opts(Provider::Openvino, Precision::Bf16), &amx).is_ok());
+        let msg = check_precision(&opts(Provider::Cpu, Precision::Bf16), &xeon)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("needs --provider"), "{msg}");
+    }
+
+    #[test]
+    fn engine_summary_names_the_plugin_versions() {
+        let mut e = EngineInfo::default();
+        assert_eq!(
+            engine_summary(Provider::Cpu, Precision::Fp32, &e),
+            "cpu fp32"
+        );
+        e.openvino = Some(crate::runtime::OpenVinoInfo {
+            plugin: "/x/plugin.so".into(),
+            plugin_version: "1.8.1".into(),
+            openvino_version: "2026.4.1-22982".into(),
+        });
+        assert_eq!(
+            engine_summary(Provider::Openvino, Precision::Bf16, &e),
+            "openvino bf16 (OpenVINO EP 1.8.1, OpenVINO 2026.4.1-22982)"
+        );
+    }
+}
