@@ -226,9 +226,10 @@ pub fn register_openvino(explicit: Option<&Path>) -> Result<&'static OpenVinoInf
     if openvino_cpu_devices(env).is_empty() {
         return Err(Error::Runtime {
             what: format!(
-                "provider openvino: the plugin {} offers no CPU device (devices: {})",
+                "provider openvino: the plugin {} offers no CPU device (devices: {}); reinstall it: {}",
                 path.display(),
-                describe_devices(env)
+                describe_devices(env),
+                openvino_how_to_install()
             ),
         });
     }
