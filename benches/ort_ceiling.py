@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--spin", choices=["on", "off", "best"], default="best",
                     help="ORT intra-op spinning: on (ORT's default), off (as vit-batch), or best of both (default)")
+    ap.add_argument("--provider", choices=["cpu", "openvino"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
 
     pre = ViTPreprocess(a.model)
@@ -51,7 +53,7 @@ def main():
     spins = {"on": [True], "off": [False], "best": [True, False]}[a.spin]
     best, best_spin = None, None
     for spin in spins:
-        sess = make_session(a.model, a.threads, spin=spin)
+        sess = make_session(a.model, a.threads, spin=spin, provider=a.provider, precision=a.precision)
         inp = sess.get_inputs()[0].name
         if not a.no_warmup:
             sess.run(None, {inp: batches[0]})
@@ -67,7 +69,7 @@ def main():
             best, best_spin = mine, spin
         del sess
     print(f"ort_ceiling: {n} images, session.run only: {best:.2f}s, {n / best:.1f} img/s "
-          f"(spinning {'on' if best_spin else 'off'}; {a.threads} threads, batch {bs}; "
+          f"(spinning {'on' if best_spin else 'off'}; {a.threads} threads, batch {bs}; {a.provider} {a.precision}; "
           f"preprocessing beforehand took {prep_s:.1f}s, untimed)")
     print(f"RESULT tool=ceiling images={n} seconds={best:.4f} images_per_s={n / best:.3f}")
 

@@ -81,7 +81,13 @@ class ViTPreprocess:
         return x
 
 
-def make_session(model_dir, threads, spin=True):
+_OPENVINO_REGISTERED = False
+
+
+def make_session(model_dir, threads, spin=True, provider="cpu", precision="fp32"):
+    """An ORT session on the CPU EP, or on the OpenVINO plugin EP (PyPI
+    onnxruntime-ep-openvino, the same plugin `vit-batch --provider openvino` loads) with
+    its precision and threads set explicitly, every node on OpenVINO."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -91,8 +97,26 @@ def make_session(model_dir, threads, spin=True):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    return sess
+    path = str(Path(model_dir) / "model.onnx")
+    if provider == "cpu":
+        if precision != "fp32":
+            sys.exit("the CPU EP runs fp32 only")
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    import onnxruntime_ep_openvino as ovep
+
+    global _OPENVINO_REGISTERED
+    if not _OPENVINO_REGISTERED:
+        ort.register_execution_provider_library("openvino", ovep.get_library_path())
+        _OPENVINO_REGISTERED = True
+    devs = [d for d in ort.get_ep_devices()
+            if d.ep_name == ovep.get_ep_name() and d.device.type == ort.OrtHardwareDeviceType.CPU]
+    if not devs:
+        sys.exit("the OpenVINO plugin offers no CPU device")
+    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    cfg = {"CPU": {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": str(threads)}}
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.add_provider_for_devices(devs, {"load_config": json.dumps(cfg)})
+    return ort.InferenceSession(path, so)
 
 
 def model_labels(model_dir):
@@ -131,10 +155,13 @@ def main():
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--label-map", type=Path)
     ap.add_argument("--no-spin", action="store_true", help="session.intra_op.allow_spinning=0 (ORT default is to spin)")
+    ap.add_argument("--provider", choices=["cpu", "openvino"], default="cpu",
+                    help="ORT's CPU EP or the OpenVINO plugin EP (pip install onnxruntime-ep-openvino==1.8.1)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="OpenVINO INFERENCE_PRECISION_HINT")
     a = ap.parse_args()
 
     pre = ViTPreprocess(a.model)
-    sess = make_session(a.model, a.threads, spin=not a.no_spin)
+    sess = make_session(a.model, a.threads, spin=not a.no_spin, provider=a.provider, precision=a.precision)
     inp = sess.get_inputs()[0].name
     labels = model_labels(a.model)
     lmap = read_label_map(a.label_map)
@@ -177,7 +204,7 @@ def main():
             n += len(b)
     dt = time.perf_counter() - t0
     top1 = correct / counted if counted else float("nan")
-    print(f"peer_score: {n} images in {dt:.2f}s, {n / dt:.1f} img/s; top-1 {100 * top1:.2f}% ({a.threads} ORT threads, {workers} decode threads, batch {bs})")
+    print(f"peer_score: {n} images in {dt:.2f}s, {n / dt:.1f} img/s; top-1 {100 * top1:.2f}% ({a.threads} ORT threads, {workers} decode threads, batch {bs}, {a.provider} {a.precision})")
     print(f"RESULT tool=peer images={n} seconds={dt:.4f} images_per_s={n / dt:.3f} top1={top1:.6f}")
 
 

@@ -24,11 +24,86 @@ pub enum Provider {
     Cpu,
     /// NVIDIA GPUs (needs the onnxruntime-gpu library: `scripts/setup --gpu`).
     Cuda,
+    /// Intel's OpenVINO on the CPU, through ONNX Runtime's plugin-EP API (needs the
+    /// onnxruntime-ep-openvino plugin: `scripts/setup --openvino`).
+    Openvino,
+}
+
+impl Provider {
+    /// Its name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::Openvino => "openvino",
+        }
+    }
+}
+
+/// The arithmetic inference runs in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout: the model as exported (the default: an evaluation stays
+    /// faithful unless asked otherwise).
+    #[default]
+    Fp32,
+    /// bfloat16 matrix arithmetic (OpenVINO's `INFERENCE_PRECISION_HINT` bf16): needs
+    /// `--provider openvino` and a CPU with AVX512-BF16 or AMX; logits move by ~1e-2.
+    Bf16,
+}
+
+impl Precision {
+    /// Its name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// OpenVINO's name for it (`INFERENCE_PRECISION_HINT`).
+    fn openvino_hint(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What ran the model, recorded in `metrics.json` beside the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+pub struct EngineInfo {
+    /// The OpenVINO plugin and runtime, for `provider = openvino`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openvino: Option<crate::runtime::OpenVinoInfo>,
+    /// The CPU and its relevant instruction-set flags.
+    #[serde(default)]
+    pub cpu: crate::runtime::CpuInfo,
+}
+
+/// `provider precision (plugin ...)`, for report headers and `compare`.
+pub fn engine_summary(provider: Provider, precision: Precision, engine: &EngineInfo) -> String {
+    match &engine.openvino {
+        Some(ov) => format!(
+            "{} {} (OpenVINO EP {}, OpenVINO {})",
+            provider.name(),
+            precision.name(),
+            ov.plugin_version,
+            ov.openvino_version
+        ),
+        None => format!("{} {}", provider.name(), precision.name()),
+    }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct EngineOptions {
     pub provider: Provider,
+    pub precision: Precision,
+    /// The OpenVINO plugin library (else `VIT_BATCH_OPENVINO_LIB`, else `.ort/`).
+    pub openvino_lib: Option<std::path::PathBuf>,
     /// Intra-op threads for ONNX Runtime.
     pub intra_threads: usize,
     /// Let idle intra-op threads spin between operators (ONNX Runtime's default):
@@ -71,6 +146,8 @@ pub(crate) struct Engine {
     session: Session,
     pub io: ModelIo,
     pub provider: Provider,
+    pub precision: Precision,
+    pub info: EngineInfo,
     timeout: Option<std::time::Duration>,
 }
 
@@ -100,6 +177,37 @@ impl Engine {
             .map_err(|e| Error::Runtime {
                 what: e.to_string(),
             })?;
+        let cpu = crate::runtime::CpuInfo::detect();
+        check_precision(opts, &cpu)?;
+        let mut openvino = None;
+        if opts.provider == Provider::Openvino {
+            let ov = crate::runtime::register_openvino(opts.openvino_lib.as_deref())?;
+            openvino = Some(ov.clone());
+            // Precision and threads, set every time: the plugin's own default on an
+            // AMX machine is bf16, which a user who did not ask for it must not get.
+            let load_config = serde_json::json!({
+                "CPU": {
+                    "INFERENCE_PRECISION_HINT": opts.precision.openvino_hint(),
+                    "INFERENCE_NUM_THREADS": opts.intra_threads.max(1).to_string(),
+                }
+            });
+            let ep = crate::runtime::OPENVINO_EP_NAME;
+            let options = vec![(format!("{ep}.load_config"), load_config.to_string())];
+            let devices = crate::runtime::openvino_cpu_devices(env);
+            builder = builder
+                // Every node on OpenVINO or none: a node it cannot run is an error,
+                // not a silent trip to ONNX Runtime's CPU provider.
+                .with_config_entry("session.disable_cpu_ep_fallback", "1")
+                .map_err(|e| Error::Runtime {
+                    what: e.to_string(),
+                })?
+                .with_devices(devices, Some(&options))
+                .map_err(|e| Error::Runtime {
+                    what: format!(
+                        "provider openvino: cannot append the OpenVINO execution provider: {e}"
+                    ),
+                })?;
+        }
         if opts.provider == Provider::Cuda {
             use ort::ep::ExecutionProvider;
             let available = ort::ep::CUDA::is_available().unwrap_or(false);
@@ -123,14 +231,25 @@ impl Engine {
         // From the file, not from memory: ONNX Runtime then resolves external-data
         // files (`model.onnx_data`) against the model's folder, never against the
         // current directory (`ModelBundle::open` has checked that they are there).
-        let session = builder
-            .commit_from_file(onnx)
-            .map_err(|e| model_err(format!("not a loadable ONNX model: {e}")))?;
+        let session = builder.commit_from_file(onnx).map_err(|e| {
+            if opts.provider == Provider::Openvino {
+                Error::Runtime {
+                    what: format!(
+                        "provider openvino: {} cannot run on OpenVINO (all of its nodes must; there is no fall-back to another provider): {e}",
+                        onnx.display()
+                    ),
+                }
+            } else {
+                model_err(format!("not a loadable ONNX model: {e}"))
+            }
+        })?;
         let io = inspect(&session).map_err(model_err)?;
         Ok(Engine {
             session,
             io,
             provider: opts.provider,
+            precision: opts.precision,
+            info: EngineInfo { openvino, cpu },
             timeout: opts.timeout,
         })
     }
@@ -268,6 +387,36 @@ impl Engine {
     }
 }
 
+/// bf16 runs only where it is real: on OpenVINO (ONNX Runtime's CPU and CUDA
+/// providers run an fp32 graph in fp32) and on a CPU with bf16 arithmetic (elsewhere
+/// OpenVINO would quietly compute in fp32 and the run would be mislabelled).
+fn check_precision(opts: &EngineOptions, cpu: &crate::runtime::CpuInfo) -> Result<()> {
+    if opts.precision != Precision::Bf16 {
+        return Ok(());
+    }
+    if opts.provider != Provider::Openvino {
+        return Err(Error::InvalidOption {
+            option: "precision",
+            what: format!(
+                "bf16 needs {} openvino (the {} provider runs this fp32 model in fp32)",
+                crate::error::option_name("provider"),
+                opts.provider.name()
+            ),
+        });
+    }
+    if !cpu.has_bf16() {
+        return Err(Error::InvalidOption {
+            option: "precision",
+            what: format!(
+                "bf16: this CPU ({}) has neither avx512_bf16 nor amx_bf16, so OpenVINO would compute in fp32; use {} fp32",
+                cpu.summary(),
+                crate::error::option_name("precision")
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn inspect(session: &Session) -> Result<ModelIo, String> {
     let inputs = session.inputs();
     if inputs.len() != 1 {
@@ -350,4 +499,62 @@ fn inspect(session: &Session) -> Result<ModelIo, String> {
         num_classes,
         producer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::CpuInfo;
+
+    fn opts(provider: Provider, precision: Precision) -> EngineOptions {
+        EngineOptions {
+            provider,
+            precision,
+            openvino_lib: None,
+            intra_threads: 1,
+            spinning: true,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn bf16_needs_openvino_and_a_bf16_cpu() {
+        let zen3 = CpuInfo::parse("model name : AMD EPYC 7B13\nflags : avx avx2 fma\n");
+        let xeon = CpuInfo::parse("model name : Intel Xeon\nflags : avx2 avx512f avx512_bf16\n");
+        let amx = CpuInfo::parse("model name : Intel Xeon\nflags : avx2 amx_bf16 amx_tile\n");
+        for p in [Provider::Cpu, Provider::Cuda, Provider::Openvino] {
+            assert!(check_precision(&opts(p, Precision::Fp32), &zen3).is_ok());
+        }
+        let msg = check_precision(&opts(Provider::Openvino, Precision::Bf16), &zen3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("neither avx512_bf16 nor amx_bf16") && msg.contains("AMD EPYC 7B13"),
+            "{msg}"
+        );
+        assert!(check_precision(&opts(Provider::Openvino, Precision::Bf16), &xeon).is_ok());
+        assert!(check_precision(&opts(Provider::Openvino, Precision::Bf16), &amx).is_ok());
+        let msg = check_precision(&opts(Provider::Cpu, Precision::Bf16), &xeon)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("needs --provider"), "{msg}");
+    }
+
+    #[test]
+    fn engine_summary_names_the_plugin_versions() {
+        let mut e = EngineInfo::default();
+        assert_eq!(
+            engine_summary(Provider::Cpu, Precision::Fp32, &e),
+            "cpu fp32"
+        );
+        e.openvino = Some(crate::runtime::OpenVinoInfo {
+            plugin: "/x/plugin.so".into(),
+            plugin_version: "1.8.1".into(),
+            openvino_version: "2026.4.1-22982".into(),
+        });
+        assert_eq!(
+            engine_summary(Provider::Openvino, Precision::Bf16, &e),
+            "openvino bf16 (OpenVINO EP 1.8.1, OpenVINO 2026.4.1-22982)"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 pub use crate::export::GraphVariant;
-pub use crate::infer::Provider;
+pub use crate::infer::{Precision, Provider};
 pub use crate::report::Format;
 pub use crate::run::Shard;
 
@@ -326,6 +326,17 @@ pub struct ScoreOptions {
     #[arg(long, value_enum, default_value_t = Provider::Cpu)]
     #[serde(default)]
     pub provider: Provider,
+    /// Arithmetic of inference: fp32 (the model as exported) or bf16 (needs
+    /// `--provider openvino` and a CPU with avx512_bf16 or amx_bf16; else exit 2).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[serde(default)]
+    pub precision: Precision,
+    /// Path of the OpenVINO plugin EP, libonnxruntime_providers_openvino_plugin.so
+    /// (else VIT_BATCH_OPENVINO_LIB, else the project's .ort/ from
+    /// `scripts/setup --openvino`).
+    #[arg(long)]
+    #[serde(default)]
+    pub openvino_lib: Option<PathBuf>,
     /// Predictions kept per image (top-k accuracy uses the same k).
     #[arg(long, default_value_t = DEFAULT_TOP_K)]
     #[serde(default = "defaults::top_k")]
@@ -459,6 +470,8 @@ impl ScoreOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             threads: None,
             provider: Provider::Cpu,
+            precision: Precision::Fp32,
+            openvino_lib: None,
             top_k: DEFAULT_TOP_K,
             label_map: None,
             limit: None,

@@ -381,6 +381,9 @@ impl<'a> Planner<'a> {
         if let Some(l) = &o.ort_lib {
             self.exists("[score] ort_lib", l)?;
         }
+        if let Some(l) = &o.openvino_lib {
+            self.exists("[score] openvino_lib", l)?;
+        }
         crate::score::check_out_apart(&o)
             .and_then(|()| crate::run::check_out_dir(&o.out, o.out_policy()))
             .map_err(|e| self.err(format!("[score]: {e}")))?;

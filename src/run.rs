@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::infer::Provider;
+use crate::infer::{EngineInfo, Precision, Provider};
 use crate::metrics::{self, Metrics};
 use crate::model::LabelMapping;
 use crate::preprocess::PreprocessConfig;
@@ -74,6 +74,12 @@ pub struct RunIdentity {
     pub tool_version: String,
     /// SHA-256 of the model file.
     pub model_sha256: String,
+    /// Execution provider (absent in runs of the CPU provider, as before it was recorded).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub provider: Provider,
+    /// Inference precision (absent for fp32, as before it was recorded).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
     /// The preprocessing applied to every image.
     pub preprocess: PreprocessConfig,
     /// "preprocessor_config.json" or the defaults used for a bare model.
@@ -102,6 +108,12 @@ pub struct RunIdentity {
     pub part_rows: usize,
 }
 
+/// Defaults are left out of `run.json`, so a CPU fp32 run's identity (and the key
+/// of its parts) is what it was before provider and precision were recorded.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 /// Which parts of two identities must agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IdentityScope {
@@ -127,6 +139,20 @@ impl RunIdentity {
                 "model (sha256 {} vs {})",
                 short_hash(&self.model_sha256),
                 short_hash(&other.model_sha256)
+            ));
+        }
+        if self.provider != other.provider {
+            d.push(format!(
+                "provider ({} vs {})",
+                self.provider.name(),
+                other.provider.name()
+            ));
+        }
+        if self.precision != other.precision {
+            d.push(format!(
+                "precision ({} vs {})",
+                self.precision.name(),
+                other.precision.name()
             ));
         }
         if self.preprocess != other.preprocess {
@@ -266,6 +292,13 @@ pub struct RunInfo {
     pub onnxruntime_version: String,
     /// Execution provider.
     pub provider: Provider,
+    /// Inference precision.
+    #[serde(default)]
+    pub precision: Precision,
+    /// What ran the model: the OpenVINO plugin and runtime versions, the CPU and its
+    /// ISA flags.
+    #[serde(default)]
+    pub engine: EngineInfo,
     /// Total CPU threads.
     pub threads: usize,
     /// Images per inference batch.
@@ -298,6 +331,22 @@ pub struct RunInfo {
     /// How `attn_rollout` maps onto the image, for a model with attention outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<crate::attention::AttentionInfo>,
+}
+
+impl RunInfo {
+    /// Provider, precision and, for OpenVINO, the plugin and runtime versions.
+    pub fn engine_summary(&self) -> String {
+        crate::infer::engine_summary(self.provider, self.precision, &self.engine)
+    }
+
+    /// The CPU model and its recorded ISA flags ("not recorded" for older runs).
+    pub fn cpu_summary(&self) -> String {
+        if self.engine.cpu.model.is_empty() {
+            "not recorded".into()
+        } else {
+            self.engine.cpu.summary()
+        }
+    }
 }
 
 fn folder() -> String {

@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// The version `scripts/setup` installs and the tests run against.
@@ -57,14 +59,7 @@ pub(crate) fn candidates(explicit: Option<&Path>, gpu: bool) -> Vec<(PathBuf, &'
     };
     // The project's install: `.ort/` in the repository that built this binary (found
     // by walking up from the executable), then in the current folder.
-    let mut roots = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(5).map(Path::to_path_buf));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.push(cwd);
-    }
-    for root in roots {
+    for root in project_roots() {
         for d in &dirs {
             out.push((
                 root.join(".ort").join(d).join(&file),
@@ -131,6 +126,276 @@ fn library_version(path: &Path) -> String {
         .unwrap_or_else(|| "unknown (library file name has no version)".into())
 }
 
+/// The OpenVINO plugin EP (PyPI `onnxruntime-ep-openvino`) that `scripts/setup
+/// --openvino` installs and the tests run against; written once, in
+/// `scripts/openvino-ep-version`, which `scripts/setup` reads too.
+pub const PINNED_OPENVINO_EP_VERSION: &str =
+    include_str!("../scripts/openvino-ep-version").trim_ascii();
+/// The plugin's execution-provider name (its devices carry it).
+pub(crate) const OPENVINO_EP_NAME: &str = "OpenVINOExecutionProvider";
+/// The plugin library's file name inside its folder.
+pub(crate) const OPENVINO_PLUGIN_FILE: &str = "libonnxruntime_providers_openvino_plugin.so";
+/// The environment variable naming the plugin library (after the flag).
+pub const OPENVINO_ENV: &str = "VIT_BATCH_OPENVINO_LIB";
+
+/// The OpenVINO plugin EP that was registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenVinoInfo {
+    /// Path of the plugin library.
+    pub plugin: String,
+    /// The plugin's version (`onnxruntime-ep-openvino`).
+    pub plugin_version: String,
+    /// The OpenVINO runtime's version (beside the plugin).
+    pub openvino_version: String,
+}
+
+static OPENVINO: OnceLock<OpenVinoInfo> = OnceLock::new();
+
+fn openvino_how_to_install() -> String {
+    format!(
+        "install it with `scripts/setup --openvino` (the pinned onnxruntime-ep-openvino {PINNED_OPENVINO_EP_VERSION} wheel, unpacked under .ort/), or point {} or {OPENVINO_ENV} at {OPENVINO_PLUGIN_FILE}",
+        crate::error::option_name("openvino_lib")
+    )
+}
+
+/// Where we look for the OpenVINO plugin, in order.
+pub(crate) fn openvino_candidates(explicit: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
+    if let Some(p) = explicit {
+        return vec![(p.to_path_buf(), "--openvino-lib")];
+    }
+    if let Ok(p) = std::env::var(OPENVINO_ENV) {
+        if !p.is_empty() {
+            return vec![(PathBuf::from(p), OPENVINO_ENV)];
+        }
+    }
+    let dir = format!("openvino-ep-{PINNED_OPENVINO_EP_VERSION}");
+    project_roots()
+        .into_iter()
+        .map(|root| {
+            (
+                root.join(".ort").join(&dir).join(OPENVINO_PLUGIN_FILE),
+                "project install (.ort/)",
+            )
+        })
+        .collect()
+}
+
+/// The repository that built this binary (walking up from the executable), then the
+/// current folder: where `.ort/` is looked for.
+fn project_roots() -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(5).map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    roots
+}
+
+/// Register the OpenVINO plugin EP with the environment of [`init`] (once per
+/// process) and check that it offers a CPU device. Not installed, not loadable or no
+/// CPU device: an error saying how to install it, never a fall-back.
+pub fn register_openvino(explicit: Option<&Path>) -> Result<&'static OpenVinoInfo> {
+    if let Some(info) = OPENVINO.get() {
+        return Ok(info);
+    }
+    let env = environment()?;
+    let cands = openvino_candidates(explicit);
+    let Some((path, source)) = cands.iter().find(|(p, _)| p.is_file()).cloned() else {
+        let tried: Vec<String> = cands
+            .iter()
+            .map(|(p, s)| format!("  {} ({s})", p.display()))
+            .collect();
+        return Err(Error::Runtime {
+            what: format!(
+                "provider openvino: the OpenVINO execution provider plugin is not installed; looked at:\n{}\n{}",
+                tried.join("\n"),
+                openvino_how_to_install()
+            ),
+        });
+    };
+    env.register_ep_library("openvino", &path)
+        .map_err(|e| Error::Runtime {
+            what: format!(
+                "provider openvino: cannot register {} (from {source}) with ONNX Runtime: {e}\n{}",
+                path.display(),
+                openvino_how_to_install()
+            ),
+        })?;
+    if openvino_cpu_devices(env).is_empty() {
+        return Err(Error::Runtime {
+            what: format!(
+                "provider openvino: the plugin {} offers no CPU device (devices: {}); reinstall it: {}",
+                path.display(),
+                describe_devices(env),
+                openvino_how_to_install()
+            ),
+        });
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let info = OpenVinoInfo {
+        plugin: path.display().to_string(),
+        plugin_version: plugin_version(&path),
+        openvino_version: openvino_version(dir),
+    };
+    let _ = OPENVINO.set(info);
+    Ok(OPENVINO.get().expect("set above"))
+}
+
+/// The plugin's CPU devices (`OpenVINOExecutionProvider`, hardware type CPU; the
+/// `.AUTO` meta-device is not one of them).
+pub(crate) fn openvino_cpu_devices(
+    env: &ort::environment::Environment,
+) -> Vec<ort::device::Device<'_>> {
+    env.devices()
+        .filter(|d| {
+            d.ep().is_ok_and(|ep| ep == OPENVINO_EP_NAME)
+                && d.hardware_device().ty() == ort::memory::DeviceType::CPU
+        })
+        .collect()
+}
+
+fn describe_devices(env: &ort::environment::Environment) -> String {
+    let all: Vec<String> = env
+        .devices()
+        .map(|d| format!("{} {:?}", d.ep().unwrap_or("?"), d.hardware_device().ty()))
+        .collect();
+    if all.is_empty() {
+        "none".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// The plugin's version: its versioned sibling file (`...plugin.so.1.8.1`, as the
+/// wheel ships it), else what the project pins when the name carries none.
+fn plugin_version(path: &Path) -> String {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let prefix = format!("{name}.");
+    let mut best: Option<String> = None;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let f = e.file_name();
+            let Some(v) = f.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok()) {
+                best = Some(v.to_string());
+            }
+        }
+    }
+    best.unwrap_or_else(|| format!("unknown (no {name}.X.Y.Z beside it)"))
+}
+
+/// OpenVINO's version, read from `libopenvino.so.*` beside the plugin: the library
+/// embeds its build string (`2026.4.1-22982-...`) as plain text.
+fn openvino_version(dir: &Path) -> String {
+    let lib = std::fs::read_dir(dir).ok().and_then(|rd| {
+        rd.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libopenvino.so."))
+        })
+    });
+    let Some(lib) = lib else {
+        return "unknown (no libopenvino.so.* beside the plugin)".into();
+    };
+    match std::fs::read(&lib) {
+        Ok(bytes) => find_build_string(&bytes)
+            .unwrap_or_else(|| format!("unknown (no version string in {})", lib.display())),
+        Err(e) => format!("unknown ({}: {e})", lib.display()),
+    }
+}
+
+/// The first `YYYY.M.P-BUILD-...` string (NUL-terminated) in `bytes`.
+fn find_build_string(bytes: &[u8]) -> Option<String> {
+    bytes.split(|&b| b == 0).find_map(|s| {
+        let s = std::str::from_utf8(s).ok()?;
+        let mut it = s.splitn(3, '-');
+        let ver = it.next()?;
+        let build = it.next()?;
+        let parts: Vec<&str> = ver.split('.').collect();
+        let ok = parts.len() == 3
+            && parts[0].len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && !build.is_empty()
+            && build.bytes().all(|b| b.is_ascii_digit())
+            && s.len() < 100;
+        ok.then(|| s.to_string())
+    })
+}
+
+/// The CPU the run used and its instruction-set flags that decide inference speed
+/// and bf16 support, from `/proc/cpuinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CpuInfo {
+    /// `model name` of the first processor.
+    pub model: String,
+    /// Which of [`CPU_FLAGS`] it has, in that order.
+    pub flags: Vec<String>,
+}
+
+/// The ISA flags recorded with every run.
+pub const CPU_FLAGS: &[&str] = &[
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+];
+
+impl CpuInfo {
+    /// This machine's CPU (an unknown model and no flags where `/proc/cpuinfo` is
+    /// missing).
+    pub fn detect() -> CpuInfo {
+        let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    pub(crate) fn parse(text: &str) -> CpuInfo {
+        let field = |key: &str| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == key).then(|| v.trim().to_string())
+            })
+        };
+        let have: Vec<String> = field("flags")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        CpuInfo {
+            model: field("model name").unwrap_or_else(|| "unknown".into()),
+            flags: CPU_FLAGS
+                .iter()
+                .filter(|f| have.iter().any(|h| h == *f))
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
+
+    /// Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16).
+    pub fn has_bf16(&self) -> bool {
+        self.flags
+            .iter()
+            .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+    }
+
+    /// `model (flag flag ...)`, for report headers.
+    pub fn summary(&self) -> String {
+        if self.flags.is_empty() {
+            format!("{} (none of {})", self.model, CPU_FLAGS.join(" "))
+        } else {
+            format!("{} ({})", self.model, self.flags.join(" "))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +423,38 @@ mod tests {
             let msg = init(Some(&fake), false).unwrap_err().to_string();
             assert!(msg.contains("cannot load"), "{msg}");
         }
+    }
+
+    #[test]
+    fn cpu_flags_are_read_from_cpuinfo() {
+        let text = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n";
+        let c = CpuInfo::parse(text);
+        assert_eq!(c.model, "Intel(R) Xeon(R) Processor");
+        assert_eq!(c.flags, ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]);
+        assert!(c.has_bf16());
+        let zen = CpuInfo::parse("model name : AMD EPYC 7B13\nflags : avx avx2 fma\n");
+        assert_eq!(zen.flags, ["avx2"]);
+        assert!(!zen.has_bf16());
+        assert_eq!(CpuInfo::parse("").model, "unknown");
+    }
+
+    #[test]
+    fn openvino_build_string_is_found() {
+        let bytes =
+            b"\0junk\x002026.4\0 2026.4.1\x002026.4.1-22982-e213a147257-releases/2026/4\0tail";
+        assert_eq!(
+            find_build_string(bytes).as_deref(),
+            Some("2026.4.1-22982-e213a147257-releases/2026/4")
+        );
+        assert_eq!(find_build_string(b"1.2.3-4\0"), None);
+    }
+
+    #[test]
+    fn missing_openvino_plugin_names_the_install_command() {
+        let c = openvino_candidates(Some(Path::new("/nope/plugin.so")));
+        assert_eq!(
+            c,
+            vec![(PathBuf::from("/nope/plugin.so"), "--openvino-lib")]
+        );
     }
 }

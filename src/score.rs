@@ -50,6 +50,8 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
         &bundle.onnx,
         &EngineOptions {
             provider: opts.provider,
+            precision: opts.precision,
+            openvino_lib: opts.openvino_lib.clone(),
             intra_threads: opts.threads(),
             spinning: opts.ort_spin,
             timeout: Some(std::time::Duration::from_secs(opts.timeout_per_batch)),
@@ -140,6 +142,8 @@ pub(crate) fn prepare(opts: &ScoreOptions) -> Result<Prepared> {
     let identity = RunIdentity {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         model_sha256: bundle.sha256.clone(),
+        provider: engine.provider,
+        precision: engine.precision,
         preprocess: pre.config.clone(),
         preprocess_source: psource,
         dataset_fingerprint: fingerprint,
@@ -835,6 +839,8 @@ fn run_info(opts: &ScoreOptions, p: &Prepared, warnings: Vec<String>) -> RunInfo
         model_sha256: p.bundle.sha256.clone(),
         onnxruntime_version: p.runtime.version.clone(),
         provider: p.engine.provider,
+        precision: p.engine.precision,
+        engine: p.engine.info.clone(),
         threads: opts.threads(),
         batch_size: opts.batch_size,
         preprocess: p.identity.preprocess.clone(),

@@ -449,6 +449,8 @@ mod tests {
                 model_sha256: "0123456789abcdef".into(),
                 onnxruntime_version: "1.31.1".into(),
                 provider: crate::infer::Provider::Cpu,
+                precision: Default::default(),
+                engine: Default::default(),
                 threads: 1,
                 batch_size: 1,
                 preprocess: crate::preprocess::PreprocessConfig::imagenet_default(224, 224),

@@ -575,6 +575,8 @@ fn run_section(s: &mut String, data: &ReportData) {
             run.batch_size
         ),
     );
+    meta_row(s, "Engine", &run.engine_summary());
+    meta_row(s, "CPU", &run.cpu_summary());
     meta_row(s, "Preprocessing source", &run.preprocess_source);
     meta_row(
         s,

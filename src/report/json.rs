@@ -101,6 +101,7 @@ pub(crate) fn summary(data: &ReportData) -> Value {
         "warnings": run.warnings,
         "throughput": {"images_per_s": t.images_per_s, "wall_s": t.wall_s, "scored": t.scored},
         "runtime": {"onnxruntime": run.onnxruntime_version, "provider": run.provider,
+                    "precision": run.precision, "engine": run.engine,
                     "threads": run.threads, "batch_size": run.batch_size,
                     "tool_version": run.tool_version},
     })

@@ -114,6 +114,12 @@ pub(crate) fn markdown(data: &ReportData) -> String {
         run.threads,
         run.batch_size
     );
+    let _ = writeln!(
+        s,
+        "| Engine | {} |",
+        escape::markdown(&run.engine_summary())
+    );
+    let _ = writeln!(s, "| CPU | {} |", escape::markdown(&run.cpu_summary()));
     let _ = writeln!(s);
     if !data.pairs.is_empty() {
         let _ = writeln!(s, "**Most confused (true → predicted):**\n");

@@ -8,6 +8,7 @@ mod datasets;
 mod export;
 mod honest;
 mod kubernetes;
+mod openvino;
 mod parquet_readers;
 mod preprocess;
 mod reference_vit;

@@ -211,6 +211,8 @@ pub fn write_run(dir: &Path, spec: &Spec) -> MetricsFile {
             model_sha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
             onnxruntime_version: vit_batch::runtime::PINNED_ORT_VERSION.into(),
             provider: Provider::Cpu,
+            precision: Default::default(),
+            engine: Default::default(),
             threads: 2,
             batch_size: 32,
             preprocess: PreprocessConfig::imagenet_default(224, 224),

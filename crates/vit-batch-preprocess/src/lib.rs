@@ -270,11 +270,131 @@ pub struct Decoded {
     pub rgb: image::RgbImage,
     /// The format found in the content, if it differs from the file's extension.
     pub format_mismatch: Option<String>,
+    /// Which decoder made the pixels ([`JPEG_DECODER`] for JPEGs it accepts).
+    pub decoder: &'static str,
+    /// A JPEG libjpeg-turbo refused (corrupt data it would only warn about, an
+    /// unusual colour space) that `image` decoded instead: said in the row's warning.
+    pub fallback: Option<String>,
+}
+
+impl Decoded {
+    /// What the row's `warning` column says about decoding, if anything.
+    pub fn warning(&self) -> Option<String> {
+        match (&self.format_mismatch, &self.fallback) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        }
+    }
+}
+
+/// The JPEG decoder: libjpeg-turbo (the library Pillow bundles), through TurboJPEG.
+pub const JPEG_DECODER: &str = "libjpeg-turbo";
+
+thread_local! {
+    static TURBO: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
+}
+
+/// Decode a JPEG as Pillow does (libjpeg-turbo, accurate integer DCT, fancy
+/// upsampling; gray replicated; CMYK converted by Pillow's formula), `w x h` pixels.
+fn decode_jpeg_turbo(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage, String> {
+    TURBO.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(turbojpeg::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let d = slot.as_mut().expect("set above");
+        let header = d.read_header(bytes).map_err(|e| e.to_string())?;
+        if (header.width, header.height) != (w as usize, h as usize) {
+            return Err(format!(
+                "header says {}x{}, the container {w}x{h}",
+                header.width, header.height
+            ));
+        }
+        let (w, h) = (header.width, header.height);
+        let cmyk = matches!(
+            header.colorspace,
+            turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+        );
+        let format = if cmyk {
+            turbojpeg::PixelFormat::CMYK
+        } else {
+            turbojpeg::PixelFormat::RGB
+        };
+        let px = format.size();
+        let mut pixels = Vec::new();
+        pixels
+            .try_reserve_exact(w * h * px)
+            .map_err(|_| format!("cannot allocate {} bytes", w * h * px))?;
+        pixels.resize(w * h * px, 0);
+        let image = turbojpeg::Image {
+            pixels: &mut pixels[..],
+            width: w,
+            pitch: w * px,
+            height: h,
+            format,
+        };
+        d.decompress(bytes, image).map_err(|e| e.to_string())?;
+        if cmyk {
+            pixels = cmyk_to_rgb_like_pillow(&pixels, has_adobe_marker(bytes));
+        }
+        image::RgbImage::from_raw(w as u32, h as u32, pixels)
+            .ok_or_else(|| "decoded buffer has the wrong size".to_string())
+    })
+}
+
+/// An APP14 "Adobe" segment: Pillow then reads CMYK as inverted ("CMYK;I").
+fn has_adobe_marker(bytes: &[u8]) -> bool {
+    bytes
+        .windows(9)
+        .any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
+}
+
+/// Pillow's `convert("RGB")` of a CMYK image (`cmyk2rgb` in its Convert.c), after its
+/// JPEG reader's inversion of Adobe files.
+fn cmyk_to_rgb_like_pillow(cmyk: &[u8], inverted: bool) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for p in cmyk.chunks_exact(4) {
+        let v = |i: usize| {
+            if inverted {
+                255 - p[i] as u32
+            } else {
+                p[i] as u32
+            }
+        };
+        let nk = 255 - v(3);
+        for i in 0..3 {
+            out.push(nk.saturating_sub(muldiv255(v(i), nk)).min(255) as u8);
+        }
+    }
+    out
 }
 
 /// Decode `bytes` by content (not by extension), refusing images above `max_pixels`
 /// before any large allocation, applying EXIF orientation, converting to RGB.
 pub fn decode(bytes: &[u8], ext: Option<&str>, max_pixels: u64) -> Result<Decoded, String> {
+    decode_impl(bytes, ext, max_pixels, true)
+}
+
+/// [`decode`] with JPEGs decoded by zune-jpeg (`image`'s decoder, vit-batch's before
+/// libjpeg-turbo) instead: for comparisons (the benches, the fidelity tests).
+pub fn decode_with_zune_jpeg(
+    bytes: &[u8],
+    ext: Option<&str>,
+    max_pixels: u64,
+) -> Result<Decoded, String> {
+    decode_impl(bytes, ext, max_pixels, false)
+}
+
+fn decode_impl(
+    bytes: &[u8],
+    ext: Option<&str>,
+    max_pixels: u64,
+    turbo: bool,
+) -> Result<Decoded, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
@@ -321,12 +441,38 @@ pub fn decode(bytes: &[u8], ext: Option<&str>, max_pixels: u64) -> Result<Decode
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut fallback = None;
+    if turbo && format == image::ImageFormat::Jpeg {
+        match decode_jpeg_turbo(bytes, w, h) {
+            Ok(rgb) => {
+                let mut img = DynamicImage::ImageRgb8(rgb);
+                img.apply_orientation(orientation);
+                return Ok(Decoded {
+                    rgb: to_rgb_like_pillow(img),
+                    format_mismatch,
+                    decoder: JPEG_DECODER,
+                    fallback: None,
+                });
+            }
+            Err(e) => {
+                fallback = Some(format!(
+                    "libjpeg-turbo refused this JPEG ({e}); decoded with zune-jpeg instead, whose pixels can differ from Pillow's by a few levels"
+                ));
+            }
+        }
+    }
     let mut img = DynamicImage::from_decoder(decoder)
         .map_err(|e| format!("{} decode error: {e}", format_name(format)))?;
     img.apply_orientation(orientation);
     Ok(Decoded {
         rgb: to_rgb_like_pillow(img),
         format_mismatch,
+        decoder: if format == image::ImageFormat::Jpeg {
+            "zune-jpeg"
+        } else {
+            "image"
+        },
+        fallback,
     })
 }
 
@@ -479,7 +625,7 @@ impl Preprocessor {
             ));
         }
         self.to_tensor(&img, out);
-        Ok(d.format_mismatch)
+        Ok(d.warning())
     }
 
     /// Read and preprocess one file; the error is a message for the error row.
